@@ -1,0 +1,17 @@
+// The avx512 variant of the CPU kernels (see selective_log_softmax_kernel.h); x86-64 only.
+// Standard headers come before the target pragma so only our kernels get the wider ISA.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#define TTRL_ISA_NS avx512
+#define TTRL_CPU_AVX512_INTRINSICS 1
+#include "selective_log_softmax_kernel.h"
+#endif

@@ -1,0 +1,17 @@
+"""ttrl_fast: fused kernels and a thin GRPO loop for test-time reinforcement learning.
+
+Importing never compiles anything and never fails because a backend is missing;
+``python -m ttrl_fast.info`` shows which backends are available and why not.
+"""
+from ttrl_fast.backends import BackendUnavailableError, available_backends, use_backend
+from ttrl_fast.functional import selective_log_softmax
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "available_backends",
+    "selective_log_softmax",
+    "use_backend",
+    "__version__",
+]
