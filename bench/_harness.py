@@ -274,6 +274,16 @@ def _status_kb(key: str) -> int:
     raise KeyError(key)
 
 
+def _release_caches() -> None:
+    """Empty ttrl_fast's CPU block cache so a reused gradient block cannot hide a provider's peak."""
+    try:
+        import ttrl_fast
+
+        ttrl_fast.empty_cache()
+    except Exception:  # noqa: BLE001 - ttrl_fast absent or half-built: nothing cached
+        pass
+
+
 def _malloc_trim() -> None:
     """Give freed glibc heap memory back to the OS so it cannot hide a later peak."""
     try:
@@ -301,7 +311,8 @@ def peak_extra_mb(fn: Provider, device: str, setup: Optional[Callable[[], None]]
     CUDA: ``max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus the
     allocated bytes before. CPU: the process RSS high-water mark; "5" written to
     /proc/self/clear_refs resets VmHWM to the current RSS, then
-    ``VmHWM(after) - VmRSS(before)``. NaN when that file is not writable.
+    ``VmHWM(after) - VmRSS(before)``. NaN when that file is not writable. Caches (glibc's free
+    lists, ttrl_fast's gradient block cache) are emptied first, so this is a first call's peak.
     """
     global _rss_warned
     if setup is not None:
@@ -314,6 +325,7 @@ def peak_extra_mb(fn: Provider, device: str, setup: Optional[Callable[[], None]]
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 1e6
+    _release_caches()
     _malloc_trim()
     try:
         with open(_CLEAR_REFS, "w") as f:

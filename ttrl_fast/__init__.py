@@ -3,6 +3,7 @@
 Importing never compiles anything and never fails because a backend is missing;
 ``python -m ttrl_fast.info`` shows which backends are available and why not.
 """
+from ttrl_fast._ext import empty_cache
 from ttrl_fast.backends import BackendUnavailableError, available_backends, use_backend
 from ttrl_fast.functional import selective_log_softmax
 
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError",
     "available_backends",
+    "empty_cache",
     "selective_log_softmax",
     "use_backend",
     "__version__",

@@ -48,3 +48,11 @@ def build_info() -> dict:
             return json.load(f)
     except (OSError, ValueError):
         return {}
+
+
+def empty_cache() -> int:
+    """Frees the C++ backend's cached gradient block (see csrc/cpu/large_buffers.h); returns the
+    bytes freed. The cache keeps the last released logits-sized gradient for reuse by the next
+    backward, like PyTorch's CUDA caching allocator; TTRL_FAST_CPU_CACHE_MB caps it (0 disables)."""
+    lib = _MODULES.get("cpu")
+    return int(lib.release_cached_memory()) if lib is not None else 0

@@ -4,15 +4,11 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
-#include <cstdlib>
 #include <optional>
 #include <string>
 #include <tuple>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
+#include "large_buffers.h"
 #include "selective_log_softmax.h"
 #include "ttrl_fast/logprob_math.h"
 
@@ -43,25 +39,17 @@ void check_rows(const at::Tensor& t, int64_t n, at::ScalarType dtype, const char
               " elements, got ", t.sizes());
 }
 
-// A fresh tensor for a large output (the logits-sized gradient). The first touch of freshly
-// mapped memory costs a page fault per 4 KiB page, which for a 0.5 GB gradient is several times
-// the kernel's own cost; 2 MiB-aligned memory advised MADV_HUGEPAGE faults once per 2 MiB.
-// Small outputs, and non-Linux systems, use torch's allocator.
+// A fresh tensor for a large output (the logits-sized gradient): huge pages and block reuse, see
+// large_buffers.h. Small outputs use torch's allocator.
 at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
-#if defined(__linux__)
-  constexpr size_t kHuge = size_t(2) << 20;
   int64_t numel = 1;
   for (int64_t d : sizes) numel *= d;
   const size_t nbytes = static_cast<size_t>(numel) * options.dtype().itemsize();
-  if (nbytes >= 4 * kHuge) {
-    const size_t rounded = (nbytes + kHuge - 1) / kHuge * kHuge;
-    void* ptr = nullptr;
-    if (posix_memalign(&ptr, kHuge, rounded) == 0) {
-      madvise(ptr, rounded, MADV_HUGEPAGE);  // advisory: failure just means 4 KiB pages
-      return torch::from_blob(ptr, sizes, [](void* p) { std::free(p); }, options);
-    }
+  if (nbytes >= (size_t(8) << 20)) {
+    const LargeBlock block = acquire_block(nbytes);
+    if (block.ptr != nullptr)
+      return torch::from_blob(block.ptr, sizes, [block](void*) { release_block(block); }, options);
   }
-#endif
   return at::empty(sizes, options);
 }
 
@@ -172,6 +160,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("debug_lse_paths", &debug_lse_paths, py::arg("row"), py::arg("inv_temperature"));
   m.def("force_isa", [](const std::string& name) { return force_isa(name.c_str()); }, py::arg("name"),
         "Tests only: run the given ISA variant ('' = automatic). False if the CPU lacks it.");
+  m.def("release_cached_memory", &release_cached, "Frees the cached gradient block; returns its bytes.");
+  m.def("cached_memory", &cached_bytes, "Bytes held by the gradient block cache.");
   m.def("build_info", []() {
     py::dict info;
     info["isa"] = std::string(selected_isa());

@@ -62,6 +62,34 @@ inline void store_float<fp16_bits>(fp16_bits* p, int64_t i, float v) {
   p[i].x = math::float_to_fp16_bits(v);
 }
 
+// NaN-ignoring max (NaN is caught later: it poisons the exp sum).
+inline float chunk_max(const float* x, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// Returns a pointer to n fp32 values of the chunk (the source itself for fp32, else `buf`) and
+// their max in *max_out: for 16-bit types one pass converts and reduces.
+template <typename T>
+inline const float* chunk_as_float_with_max(const T* src, int64_t n, float* buf, float* max_out) {
+  if constexpr (std::is_same<T, float>::value) {
+    *max_out = chunk_max(src, n);
+    return src;
+  } else {
+    float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = load_float(src, i);
+      buf[i] = v;
+      m = v > m ? v : m;
+    }
+    *max_out = m;
+    return buf;
+  }
+}
+
 // Returns a pointer to n fp32 values of the chunk: the source itself for fp32, else `buf`.
 template <typename T>
 inline const float* chunk_as_float(const T* src, int64_t n, float* buf) {
@@ -74,14 +102,6 @@ inline const float* chunk_as_float(const T* src, int64_t n, float* buf) {
     for (int64_t i = 0; i < n; ++i) buf[i] = load_float(src, i);
     return buf;
   }
-}
-
-// NaN-ignoring max (NaN is caught later: it poisons the exp sum).
-inline float chunk_max(const float* x, int64_t n) {
-  float m = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : m)
-  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
-  return m;
 }
 
 inline bool chunk_has_nan(const float* x, int64_t n) {
@@ -122,10 +142,9 @@ inline void grad_chunk(const float* __restrict__ x, float* __restrict__ out, int
 }
 #endif
 
-// The chunk's own LseState, relative to its own max.
+// The chunk's own LseState, relative to its own max m.
 template <bool kEntropy>
-inline LseState chunk_state(const float* x, int64_t n, float inv_t) {
-  const float m = chunk_max(x, n);
+inline LseState chunk_state(const float* x, int64_t n, float m, float inv_t) {
   if (m == -std::numeric_limits<float>::infinity()) {
     // Every entry is -inf (p = 0, contributes nothing) or NaN (must poison the row).
     return chunk_has_nan(x, n) ? math::lse_poison() : math::lse_empty();
@@ -152,8 +171,9 @@ void forward_rows_typed(const ForwardArgs& a, int64_t begin, int64_t end) {
     LseState st = math::lse_empty();
     for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
       const int64_t n = std::min(kChunk, V - c0);
-      const float* x = chunk_as_float(row + c0, n, buf);
-      st = math::lse_merge(st, chunk_state<kEntropy>(x, n, a.inv_t), a.inv_t);
+      float m;
+      const float* x = chunk_as_float_with_max(row + c0, n, buf, &m);
+      st = math::lse_merge(st, chunk_state<kEntropy>(x, n, m, a.inv_t), a.inv_t);
     }
     const int64_t y = a.index[r];
     const bool target_ok = y >= 0 && y < V;

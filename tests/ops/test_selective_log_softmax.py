@@ -237,3 +237,20 @@ def test_temperature_is_a_runtime_scalar_tensor_or_float():
     a = ttrl_fast.selective_log_softmax(logits, index, temperature=torch.tensor(0.5))
     b = ttrl_fast.selective_log_softmax(logits, index, temperature=0.5)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_reused_gradient_blocks_never_leak_stale_values():
+    """The C++ backend reuses the last released logits-sized gradient block (large_buffers.h):
+    a second backward into a reused block must still write every element, masked rows included."""
+    if not ttrl_fast.backends.available("cpp"):
+        pytest.skip("C++ extension not built")
+    ttrl_fast.empty_cache()
+    shape = (2, 40, 32768)  # 10 MB of fp32: above the block threshold
+    first = make_logits(shape).requires_grad_(True)
+    ttrl_fast.selective_log_softmax(first, make_index(first), backend="cpp").sum().backward()
+    del first  # its gradient block goes back to the cache
+    logits = make_logits(shape, offset=5.0)
+    index = make_index(logits)
+    mask = torch.rand(shape[:-1]) > 0.5
+    _check_against_reference("cpp", logits, index, mask=mask, temperature=1.3)
+    assert ttrl_fast.empty_cache() >= logits.numel() * 4  # the block came back and is freed now
