@@ -5,14 +5,21 @@ Importing never compiles anything and never fails because a backend is missing;
 """
 from ttrl_fast._ext import empty_cache
 from ttrl_fast.backends import BackendUnavailableError, available_backends, use_backend
+from ttrl_fast.advantages import group_advantages
 from ttrl_fast.functional import selective_log_softmax
+from ttrl_fast.losses import grpo_loss, policy_loss
+from ttrl_fast.metrics import Metrics
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "Metrics",
     "available_backends",
     "empty_cache",
+    "group_advantages",
+    "grpo_loss",
+    "policy_loss",
     "selective_log_softmax",
     "use_backend",
     "__version__",

@@ -40,18 +40,31 @@ class Impl:
 
     backend: str
     fwd: Callable
-    bwd: Callable
+    bwd: Callable | None
 
 
-# op -> backend -> (module path, forward attribute, backward attribute); imported lazily so that a
-# missing triton or extension never breaks `import ttrl_fast`.
-_REGISTRY: dict[str, dict[str, tuple[str, str, str]]] = {
+# op -> backend -> (module path, forward attribute, backward attribute or None); imported lazily so
+# that a missing triton or extension never breaks `import ttrl_fast`.
+_REGISTRY: dict[str, dict[str, tuple[str, str, str | None]]] = {
     "selective_log_softmax": {
         "reference": ("ttrl_fast.reference.logprob", "selective_log_softmax_fwd", "selective_log_softmax_bwd"),
         "cpp": ("ttrl_fast.kernels.cpp", "selective_log_softmax_fwd", "selective_log_softmax_bwd"),
         "triton": ("ttrl_fast.kernels.triton.selective_log_softmax", "selective_log_softmax_fwd",
                    "selective_log_softmax_bwd"),
         "cuda": ("ttrl_fast.kernels.cuda", "selective_log_softmax_fwd", "selective_log_softmax_bwd"),
+    },
+    # The loss is a scalar: its gradient w.r.t. logp is produced by the forward (no backward kernel).
+    "policy_loss": {
+        "reference": ("ttrl_fast.reference.policy_loss", "policy_loss_fwd", None),
+        "cpp": ("ttrl_fast.kernels.cpp", "policy_loss_fwd", None),
+        "triton": ("ttrl_fast.kernels.triton.policy_loss", "policy_loss_fwd", None),
+        "cuda": ("ttrl_fast.kernels.cuda", "policy_loss_fwd", None),
+    },
+    "group_advantages": {
+        "reference": ("ttrl_fast.reference.advantages", "group_advantages_fwd", None),
+        "cpp": ("ttrl_fast.kernels.cpp", "group_advantages_fwd", None),
+        "triton": ("ttrl_fast.kernels.triton.advantages", "group_advantages_fwd", None),
+        "cuda": ("ttrl_fast.kernels.cuda", "group_advantages_fwd", None),
     },
 }
 
@@ -149,7 +162,7 @@ def _load(op: str, name: str) -> Impl:
     if key not in _LOADED:
         module_path, fwd, bwd = _REGISTRY[op][name]
         module = importlib.import_module(module_path)
-        _LOADED[key] = Impl(name, getattr(module, fwd), getattr(module, bwd))
+        _LOADED[key] = Impl(name, getattr(module, fwd), None if bwd is None else getattr(module, bwd))
     return _LOADED[key]
 
 

@@ -5,10 +5,12 @@
 #include <torch/extension.h>
 
 #include <optional>
+#include <vector>
 #include <string>
 #include <tuple>
 
 #include "large_buffers.h"
+#include "policy_loss.h"
 #include "selective_log_softmax.h"
 #include "ttrl_fast/logprob_math.h"
 
@@ -145,6 +147,89 @@ at::Tensor debug_lse_paths(const at::Tensor& row, double inv_temperature) {
   return out;
 }
 
+const float* optional_rows(const std::optional<at::Tensor>& t, int64_t n, const char* name) {
+  if (!t) return nullptr;
+  check_rows(*t, n, at::kFloat, name);
+  return t->data_ptr<float>();
+}
+
+std::tuple<at::Tensor, at::Tensor> policy_loss_fwd(
+    const at::Tensor& logp, const std::optional<at::Tensor>& old_logp, const at::Tensor& advantages,
+    const at::Tensor& mask, const std::optional<at::Tensor>& ref_logp,
+    const std::optional<at::Tensor>& rollout_is_ratio, const std::optional<at::Tensor>& entropy,
+    const std::vector<int64_t>& iparams, const std::vector<double>& fparams) {
+  TORCH_CHECK(logp.dim() == 2, "ttrl_fast cpp: logp must be [B, T], got ", logp.sizes());
+  TORCH_CHECK(iparams.size() == 7 && fparams.size() == 11, "ttrl_fast cpp: policy_loss needs 7 int and 11 float params");
+  const int64_t B = logp.size(0), T = logp.size(1), n = B * T;
+  check_rows(logp, n, at::kFloat, "logp");
+  check_rows(mask, n, at::kFloat, "mask");
+  TORCH_CHECK(advantages.dim() == 2 && advantages.size(0) == B && (advantages.size(1) == 1 || advantages.size(1) == T),
+              "ttrl_fast cpp: advantages must be [B, 1] or [B, T], got ", advantages.sizes());
+  check_rows(advantages, advantages.numel(), at::kFloat, "advantages");
+  int64_t tr = 1;
+  if (rollout_is_ratio) {
+    TORCH_CHECK(rollout_is_ratio->dim() == 2 && rollout_is_ratio->size(0) == B &&
+                    (rollout_is_ratio->size(1) == 1 || rollout_is_ratio->size(1) == T),
+                "ttrl_fast cpp: rollout_is_ratio must be [B, 1] or [B, T], got ", rollout_is_ratio->sizes());
+    tr = rollout_is_ratio->size(1);
+  }
+  math::PolicyLossParams params;
+  params.loss_type = static_cast<int32_t>(iparams[0]);
+  params.aggregation = static_cast<int32_t>(iparams[1]);
+  params.kl_estimator = static_cast<int32_t>(iparams[2]);
+  params.sequence_level = static_cast<int32_t>(iparams[3]);
+  params.bias_correction_kl = static_cast<int32_t>(iparams[4]);
+  params.has_delta = static_cast<int32_t>(iparams[5]);
+  params.on_policy = static_cast<int32_t>(iparams[6]);
+  auto fp = [&](int k) { return static_cast<float>(fparams[k]); };
+  params.eps_low = fp(0);
+  params.eps_high = fp(1);
+  params.delta = fp(2);
+  params.beta = fp(3);
+  params.sapo_tau_pos = fp(4);
+  params.sapo_tau_neg = fp(5);
+  params.vespo_k_pos = fp(6);
+  params.vespo_lambda_pos = fp(7);
+  params.vespo_k_neg = fp(8);
+  params.vespo_lambda_neg = fp(9);
+  params.norm = fp(10);
+  TORCH_CHECK(params.on_policy || old_logp, "ttrl_fast cpp: old_logp is required unless on_policy");
+  TORCH_CHECK(params.kl_estimator == 0 || ref_logp, "ttrl_fast cpp: ref_logp is required when beta != 0");
+
+  at::Tensor grad = at::empty({B, T}, logp.options());
+  at::Tensor stats = at::empty({B, kSeqStats}, logp.options());
+  PolicyLossArgs args{logp.data_ptr<float>(),
+                      optional_rows(old_logp, n, "old_logp"),
+                      advantages.data_ptr<float>(),
+                      mask.data_ptr<float>(),
+                      optional_rows(ref_logp, n, "ref_logp"),
+                      rollout_is_ratio ? optional_rows(rollout_is_ratio, B * tr, "rollout_is_ratio") : nullptr,
+                      optional_rows(entropy, n, "entropy"),
+                      B, T, advantages.size(1), tr, params,
+                      grad.data_ptr<float>(), stats.data_ptr<float>()};
+  at::parallel_for(0, B, std::max<int64_t>(1, 4096 / std::max<int64_t>(T, 1)),
+                   [&](int64_t begin, int64_t end) { policy_loss_rows(args, begin, end); });
+  return {grad, stats};
+}
+
+std::tuple<at::Tensor, at::Tensor> group_advantages_fwd(const at::Tensor& rewards, const at::Tensor& perm,
+                                                        const at::Tensor& offsets, int64_t mode,
+                                                        int64_t std_correction, double eps, double batch_std) {
+  const int64_t n = rewards.numel();
+  check_rows(rewards, n, at::kFloat, "rewards");
+  check_rows(perm, n, at::kLong, "perm");
+  TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1, "ttrl_fast cpp: offsets must be [G + 1]");
+  check_rows(offsets, offsets.numel(), at::kLong, "offsets");
+  const int64_t groups = offsets.numel() - 1;
+  at::Tensor adv = at::empty({n}, rewards.options());
+  at::Tensor stats = at::empty({groups, 3}, rewards.options());
+  AdvantageArgs args{rewards.data_ptr<float>(), perm.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(),
+                     static_cast<int32_t>(mode), static_cast<int32_t>(std_correction), static_cast<float>(eps),
+                     static_cast<float>(batch_std), adv.data_ptr<float>(), stats.data_ptr<float>()};
+  group_advantages_groups(args, 0, groups);  // O(N): threads would cost more than they save
+  return {adv, stats};
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace ttrl_fast
@@ -157,6 +242,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_log_softmax_bwd", &selective_log_softmax_bwd, py::arg("grad_logp"), py::arg("grad_entropy"),
         py::arg("logits"), py::arg("index"), py::arg("mask"), py::arg("stats"), py::arg("entropy"),
         py::arg("inv_temperature"));
+  m.def("policy_loss_fwd", &policy_loss_fwd, py::arg("logp"), py::arg("old_logp"), py::arg("advantages"),
+        py::arg("mask"), py::arg("ref_logp"), py::arg("rollout_is_ratio"), py::arg("entropy"), py::arg("iparams"),
+        py::arg("fparams"));
+  m.def("group_advantages_fwd", &group_advantages_fwd, py::arg("rewards"), py::arg("perm"), py::arg("offsets"),
+        py::arg("mode"), py::arg("std_correction"), py::arg("eps"), py::arg("batch_std"));
   m.def("debug_lse_paths", &debug_lse_paths, py::arg("row"), py::arg("inv_temperature"));
   m.def("force_isa", [](const std::string& name) { return force_isa(name.c_str()); }, py::arg("name"),
         "Tests only: run the given ISA variant ('' = automatic). False if the CPU lacks it.");
