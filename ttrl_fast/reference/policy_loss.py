@@ -129,7 +129,8 @@ def policy_loss(
 ) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor] | Tensor]]:
     """The spec. Returns (loss, parts): parts maps mean metrics to (sum, count) and min/max metrics
     ("clip_ratio/low_min", "clip_ratio/high_max", "ratio/min", "ratio/max") to their value, and
-    "per_sequence_loss" to the [B] shares of the policy loss (they sum to it)."""
+    "per_sequence_loss" to the [B] shares of the policy loss (they sum to it); "per_token_loss"
+    (differentiable), "per_token_kl" and "ratio" are the per-token tensors before aggregation."""
     eps_hi = epsilon_low if epsilon_high is None else epsilon_high
     mask = mask.to(logp.dtype)
     adv = advantages.to(logp.dtype)
@@ -176,6 +177,9 @@ def policy_loss(
     if kl is not None:
         per_token = per_token + beta * kl
 
+    parts["per_token_loss"] = per_token  # differentiable; [B, T] or [B, 1]
+    parts["per_token_kl"] = kl
+    parts["ratio"] = ratio.detach()
     weights = aggregation_weights(mask, loss_type, max_completion_length, num_items_in_batch)  # [B, T]
     weighted = per_token * weights  # [B, T]
     loss = weighted.sum()
