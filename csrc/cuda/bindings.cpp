@@ -1,8 +1,8 @@
 // Python bindings of the CUDA backend (extension module ttrl_fast._C_cuda).
 //
 // Compiled by the host compiler: validates tensors, allocates outputs, and calls the raw-pointer
-// launchers of selective_log_softmax.cu on the current CUDA stream. The raw contract is documented
-// in ttrl_fast/kernels/__init__.py.
+// launchers of selective_log_softmax.cu, policy_loss.cu and advantages.cu on the current CUDA
+// stream. The raw contract is documented in ttrl_fast/kernels/__init__.py.
 
 #include <torch/extension.h>
 
@@ -14,7 +14,10 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
+#include "advantages.cuh"
+#include "policy_loss.cuh"
 #include "selective_log_softmax.cuh"
 
 namespace {
@@ -154,6 +157,164 @@ at::Tensor selective_log_softmax_bwd(const std::optional<at::Tensor>& grad_logp,
   return grad_logits;
 }
 
+// ------------------------------------------------------------------------------------------------
+// policy_loss / group_advantages.
+
+// A float32 / int64 ... tensor of the given shape on the CUDA device `dev`, contiguous.
+void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype,
+                  at::IntArrayRef shape, const char* shape_text, const at::Device& dev,
+                  const char* fn) {
+  TORCH_CHECK(t.defined(), fn, ": ", name, " is undefined");
+  TORCH_CHECK(t.is_cuda(), fn, ": ", name, " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK(t.device() == dev, fn, ": ", name, " must be on the same CUDA device as the other inputs (",
+              dev, "), got ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, fn, ": ", name, " must have dtype ", dtype, ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, fn, ": ", name, " must have shape ", shape_text, " = ", shape,
+              ", got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), fn, ": ", name, " must be contiguous");
+}
+
+bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+std::tuple<at::Tensor, at::Tensor> policy_loss_fwd(
+    const at::Tensor& logp, const std::optional<at::Tensor>& old_logp,
+    const at::Tensor& advantages, const at::Tensor& mask,
+    const std::optional<at::Tensor>& ref_logp, const std::optional<at::Tensor>& rollout_is_ratio,
+    const std::optional<at::Tensor>& entropy, const std::vector<int64_t>& iparams,
+    const std::vector<double>& fparams) {
+  const char* fn = "policy_loss_fwd (cuda)";
+  TORCH_CHECK(logp.defined(), fn, ": logp is undefined");
+  TORCH_CHECK(logp.is_cuda(), fn, ": logp must be a CUDA tensor, got device ", logp.device());
+  TORCH_CHECK(logp.dim() == 2, fn, ": logp must be 2-D [B, T], got shape ", logp.sizes());
+  const int64_t B = logp.size(0), T = logp.size(1);
+  TORCH_CHECK(B <= std::numeric_limits<int32_t>::max(), fn, ": B must be < 2^31");
+  TORCH_CHECK(T <= std::numeric_limits<int32_t>::max(), fn, ": T must be < 2^31");
+  const at::Device dev = logp.device();
+  check_tensor(logp, "logp", at::kFloat, {B, T}, "[B, T]", dev, fn);
+  check_tensor(mask, "mask", at::kFloat, {B, T}, "[B, T]", dev, fn);
+
+  TORCH_CHECK(advantages.defined(), fn, ": advantages is undefined");
+  TORCH_CHECK(advantages.dim() == 2 && advantages.size(0) == B &&
+                  (advantages.size(1) == 1 || advantages.size(1) == T),
+              fn, ": advantages must have shape [B, 1] or [B, T] with B = ", B, ", T = ", T,
+              ", got ", advantages.sizes());
+  const int64_t Ta = advantages.size(1);
+  check_tensor(advantages, "advantages", at::kFloat, {B, Ta}, "[B, Ta]", dev, fn);
+
+  TORCH_CHECK(iparams.size() == 7, fn,
+              ": iparams must hold 7 ints (loss_type, aggregation, kl_estimator, sequence_level, "
+              "bias_correction_kl, has_delta, on_policy), got ",
+              iparams.size());
+  TORCH_CHECK(fparams.size() == 11, fn,
+              ": fparams must hold 11 floats (eps_low, eps_high, delta, beta, sapo_tau_pos, "
+              "sapo_tau_neg, vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg, norm), got ",
+              fparams.size());
+  namespace tm = ::ttrl_fast::math;
+  tm::PolicyLossParams p;
+  p.loss_type = static_cast<int32_t>(iparams[0]);
+  p.aggregation = static_cast<int32_t>(iparams[1]);
+  p.kl_estimator = static_cast<int32_t>(iparams[2]);
+  p.sequence_level = static_cast<int32_t>(iparams[3]);
+  p.bias_correction_kl = static_cast<int32_t>(iparams[4]);
+  p.has_delta = static_cast<int32_t>(iparams[5]);
+  p.on_policy = static_cast<int32_t>(iparams[6]);
+  p.eps_low = static_cast<float>(fparams[0]);
+  p.eps_high = static_cast<float>(fparams[1]);
+  p.delta = static_cast<float>(fparams[2]);
+  p.beta = static_cast<float>(fparams[3]);
+  p.sapo_tau_pos = static_cast<float>(fparams[4]);
+  p.sapo_tau_neg = static_cast<float>(fparams[5]);
+  p.vespo_k_pos = static_cast<float>(fparams[6]);
+  p.vespo_lambda_pos = static_cast<float>(fparams[7]);
+  p.vespo_k_neg = static_cast<float>(fparams[8]);
+  p.vespo_lambda_neg = static_cast<float>(fparams[9]);
+  p.norm = static_cast<float>(fparams[10]);
+  TORCH_CHECK(iparams[0] >= tm::kPpoClip && iparams[0] <= tm::kVespo, fn,
+              ": iparams[0] (loss_type) must be 0 (ppo clip), 1 (cispo), 2 (sapo) or 3 (vespo), got ",
+              iparams[0]);
+  TORCH_CHECK(iparams[1] >= tm::kSeqMeanTokenMean && iparams[1] <= tm::kSeqMeanTokenSum, fn,
+              ": iparams[1] (aggregation) must be 0, 1 or 2, got ", iparams[1]);
+  TORCH_CHECK(iparams[2] >= tm::kKlNone && iparams[2] <= tm::kK3, fn,
+              ": iparams[2] (kl_estimator) must be 0 (none), 1 (k1), 2 (k2) or 3 (k3), got ",
+              iparams[2]);
+
+  const bool on_policy = p.on_policy != 0;
+  TORCH_CHECK(on_policy || given(old_logp), fn,
+              ": old_logp is required unless iparams[6] (on_policy) is set");
+  if (!on_policy) check_tensor(*old_logp, "old_logp", at::kFloat, {B, T}, "[B, T]", dev, fn);
+  const bool need_ref = p.kl_estimator != tm::kKlNone;
+  TORCH_CHECK(!need_ref || given(ref_logp), fn,
+              ": ref_logp is required when iparams[2] (kl_estimator) != 0");
+  if (need_ref) check_tensor(*ref_logp, "ref_logp", at::kFloat, {B, T}, "[B, T]", dev, fn);
+  int64_t Tr = 0;
+  if (given(rollout_is_ratio)) {
+    const at::Tensor& rr = *rollout_is_ratio;
+    TORCH_CHECK(rr.dim() == 2 && rr.size(0) == B && (rr.size(1) == 1 || rr.size(1) == T), fn,
+                ": rollout_is_ratio must have shape [B, 1] or [B, T] with B = ", B, ", T = ", T,
+                ", got ", rr.sizes());
+    Tr = rr.size(1);
+    check_tensor(rr, "rollout_is_ratio", at::kFloat, {B, Tr}, "[B, Tr]", dev, fn);
+  }
+  if (given(entropy)) check_tensor(*entropy, "entropy", at::kFloat, {B, T}, "[B, T]", dev, fn);
+
+  const c10::cuda::CUDAGuard guard(dev);
+  const auto fopts = logp.options().dtype(at::kFloat);
+  at::Tensor grad_logp = at::empty({B, T}, fopts);
+  at::Tensor seq_stats = at::empty({B, tc::kPolicyLossStatCols}, fopts);
+  if (B == 0) return {grad_logp, seq_stats};
+
+  const char* err = tc::policy_loss_fwd_launch(
+      logp.data_ptr<float>(), on_policy ? nullptr : old_logp->data_ptr<float>(),
+      advantages.data_ptr<float>(), mask.data_ptr<float>(),
+      need_ref ? ref_logp->data_ptr<float>() : nullptr,
+      given(rollout_is_ratio) ? rollout_is_ratio->data_ptr<float>() : nullptr,
+      given(entropy) ? entropy->data_ptr<float>() : nullptr, B, T, Ta, Tr, p,
+      grad_logp.data_ptr<float>(), seq_stats.data_ptr<float>(),
+      at::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == nullptr, fn, ": ", err == nullptr ? "" : err);
+  return {grad_logp, seq_stats};
+}
+
+std::tuple<at::Tensor, at::Tensor> group_advantages_fwd(const at::Tensor& rewards,
+                                                        const at::Tensor& perm,
+                                                        const at::Tensor& offsets, int64_t mode,
+                                                        int64_t std_correction, double eps,
+                                                        double batch_std) {
+  const char* fn = "group_advantages_fwd (cuda)";
+  TORCH_CHECK(rewards.defined(), fn, ": rewards is undefined");
+  TORCH_CHECK(rewards.is_cuda(), fn, ": rewards must be a CUDA tensor, got device ",
+              rewards.device());
+  TORCH_CHECK(rewards.dim() == 1, fn, ": rewards must be 1-D [N], got shape ", rewards.sizes());
+  const int64_t N = rewards.size(0);
+  const at::Device dev = rewards.device();
+  check_tensor(rewards, "rewards", at::kFloat, {N}, "[N]", dev, fn);
+  check_tensor(perm, "perm", at::kLong, {N}, "[N]", dev, fn);
+  TORCH_CHECK(offsets.defined() && offsets.dim() == 1 && offsets.size(0) >= 1, fn,
+              ": offsets must be 1-D [G + 1] with at least one entry, got shape ",
+              offsets.defined() ? offsets.sizes() : at::IntArrayRef{});
+  const int64_t G = offsets.size(0) - 1;
+  check_tensor(offsets, "offsets", at::kLong, {G + 1}, "[G + 1]", dev, fn);
+  TORCH_CHECK(mode >= 0 && mode <= 3, fn,
+              ": mode must be 0 (group), 1 (batch), 2 (none) or 3 (rloo), got ", mode);
+  TORCH_CHECK(std_correction >= 0 && std_correction <= std::numeric_limits<int32_t>::max(), fn,
+              ": std_correction must be a non-negative int, got ", std_correction);
+
+  const c10::cuda::CUDAGuard guard(dev);
+  const auto fopts = rewards.options().dtype(at::kFloat);
+  at::Tensor advantages = at::zeros({N}, fopts);  // samples no group lists read 0
+  at::Tensor group_stats = at::empty({G, 3}, fopts);
+  if (G == 0) return {advantages, group_stats};
+
+  const char* err = tc::group_advantages_fwd_launch(
+      rewards.data_ptr<float>(), perm.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(), N, G,
+      static_cast<int32_t>(mode), static_cast<int32_t>(std_correction), static_cast<float>(eps),
+      static_cast<float>(batch_std), advantages.data_ptr<float>(), group_stats.data_ptr<float>(),
+      at::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == nullptr, fn, ": ", err == nullptr ? "" : err);
+  return {advantages, group_stats};
+}
+
 // The arch list is passed at build time as -DTTRL_FAST_CUDA_ARCHS=... either as a string literal
 // or as bare tokens (shell quoting differs between build backends); stringify, then drop quotes.
 std::string arch_list() {
@@ -192,5 +353,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("grad_logp"), pybind11::arg("grad_entropy"), pybind11::arg("logits"),
         pybind11::arg("index"), pybind11::arg("mask"), pybind11::arg("stats"),
         pybind11::arg("entropy"), pybind11::arg("inv_temperature"));
+  m.def("policy_loss_fwd", &policy_loss_fwd,
+        "(logp, old_logp, advantages, mask, ref_logp, rollout_is_ratio, entropy, iparams[7], "
+        "fparams[11]) -> (grad_logp, seq_stats)",
+        pybind11::arg("logp"), pybind11::arg("old_logp"), pybind11::arg("advantages"),
+        pybind11::arg("mask"), pybind11::arg("ref_logp"), pybind11::arg("rollout_is_ratio"),
+        pybind11::arg("entropy"), pybind11::arg("iparams"), pybind11::arg("fparams"));
+  m.def("group_advantages_fwd", &group_advantages_fwd,
+        "(rewards, perm, offsets, mode, std_correction, eps, batch_std) -> (advantages, "
+        "group_stats)",
+        pybind11::arg("rewards"), pybind11::arg("perm"), pybind11::arg("offsets"),
+        pybind11::arg("mode"), pybind11::arg("std_correction"), pybind11::arg("eps"),
+        pybind11::arg("batch_std"));
   m.def("build_info", &build_info, "Build configuration of the CUDA extension (dict)");
 }
