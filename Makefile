@@ -12,6 +12,8 @@ SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 build/.installed: $(SOURCES)
 	$(PIP) install -q "$(TORCH_SPEC)" "setuptools>=64" wheel
 	$(PIP) install -q ninja pytest pytest-xdist expecttest
+	# parity targets of the tests (TRL's own loss code, Liger's kernels under the Triton interpreter)
+	$(PIP) install -q trl==1.16.0 liger-kernel==0.8.5
 	mkdir -p build
 	@echo "building ttrl_fast extensions (log: build/build.log; the CUDA one takes a few minutes)"
 	TTRL_FAST_BUILD_EXT=1 $(PIP) install -v --no-build-isolation -e . > build/build.log 2>&1 \
@@ -26,6 +28,7 @@ test: install
 
 bench: install
 	$(PYTHON) bench/bench_logprob.py
+	$(PYTHON) bench/bench_grpo_loss.py
 
 info: install
 	$(PYTHON) -m ttrl_fast.info

@@ -78,3 +78,23 @@ def test_bench_logprob_quick_writes_csv(tmp_path: Path) -> None:
         assert math.isnan(vals["peak_extra_mb"]) or vals["peak_extra_mb"] >= 0
         if r["provider"] == "eager":
             assert vals["speedup_vs_baseline"] == 1.0
+
+
+def test_bench_grpo_loss_quick_writes_csv(tmp_path: Path) -> None:
+    out_csv = tmp_path / "grpo.csv"
+    proc = subprocess.run(
+        [sys.executable, "bench/bench_grpo_loss.py", "--shapes", "quick", "--csv", str(out_csv)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "WARNING" not in proc.stdout, log[-4000:]  # every ttrl_fast backend agreed with eager
+    with out_csv.open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == EXPECTED_COLUMNS
+        rows = list(reader)
+    providers = {r["provider"] for r in rows}
+    assert {"eager", "ttrl_fast:reference"} <= providers, log[-4000:]
+    for r in rows:
+        assert r["op"] == "grpo_loss" and r["mode"] == "full" and r["shape"] == "32x1000"
+        assert float(r["p50_ms"]) > 0
