@@ -7,16 +7,21 @@ from ttrl_fast._ext import empty_cache
 from ttrl_fast.backends import BackendUnavailableError, available_backends, use_backend
 from ttrl_fast.advantages import group_advantages
 from ttrl_fast.functional import selective_log_softmax
+from ttrl_fast.fused_linear import fused_linear_grpo_loss, fused_linear_logprobs
 from ttrl_fast.losses import grpo_loss, policy_loss
 from ttrl_fast.metrics import Metrics
+from ttrl_fast.modules import FusedLinearGRPOLoss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "FusedLinearGRPOLoss",
     "Metrics",
     "available_backends",
     "empty_cache",
+    "fused_linear_grpo_loss",
+    "fused_linear_logprobs",
     "group_advantages",
     "grpo_loss",
     "policy_loss",

@@ -125,6 +125,30 @@ def policy_loss(
     v.check_same_device(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, ref_logp=ref_logp,
                         rollout_is_ratio=rollout_is_ratio, entropy=entropy)
 
+    iparams, fparams = policy_loss_params(
+        shape, mask_f, loss_type=loss_type, importance_sampling_level=importance_sampling_level,
+        epsilon_low=eps_low, epsilon_high=eps_high, delta=delta, beta=beta, kl_estimator=kl_estimator,
+        use_bias_correction_kl=use_bias_correction_kl, on_policy=old is None,
+        max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch,
+        sapo_temperature_pos=sapo_temperature_pos, sapo_temperature_neg=sapo_temperature_neg,
+        vespo_k_pos=vespo_k_pos, vespo_lambda_pos=vespo_lambda_pos, vespo_k_neg=vespo_k_neg,
+        vespo_lambda_neg=vespo_lambda_neg)
+    logp32 = logp.float().contiguous()
+    loss, _, stats = _ops.policy_loss_fwd(logp32, old, adv, mask_f, ref, ratio, ent, iparams, fparams, backend or "")
+    metrics = _metrics(stats, loss, loss_type, iparams, adv.shape[1], beta, ent is not None)
+    if entropy is not None and entropy_coef != 0.0:  # the bonus: a masked mean, O(tokens), differentiable
+        bonus = (entropy.float() * mask_f).sum() / mask_f.sum().clamp(min=1.0)
+        loss = loss - float(entropy_coef) * bonus
+    return loss, metrics
+
+
+def policy_loss_params(shape: tuple[int, int], mask_f: Tensor, *, loss_type: str, importance_sampling_level: str,
+                       epsilon_low: float, epsilon_high: float, delta: float | None, beta: float, kl_estimator: str,
+                       use_bias_correction_kl: bool, on_policy: bool, max_completion_length: int | None,
+                       num_items_in_batch, sapo_temperature_pos: float, sapo_temperature_neg: float,
+                       vespo_k_pos: float, vespo_lambda_pos: float, vespo_k_neg: float,
+                       vespo_lambda_neg: float) -> tuple[list[int], list[float]]:
+    """The kernels' (iparams, fparams) (field order of PolicyLossParams in policy_loss_math.h)."""
     batch, length = shape
     loss_code, aggregation = _CODES[loss_type]
     if aggregation == 0 or aggregation == 2:
@@ -137,17 +161,11 @@ def policy_loss(
         norm = max(float(num_items_in_batch), 1.0)
     iparams = [loss_code, aggregation, KL_ESTIMATORS.index(kl_estimator) + 1 if beta != 0.0 else 0,
                int(importance_sampling_level == "sequence"), int(bool(use_bias_correction_kl)), int(delta is not None),
-               int(old is None)]
-    fparams = [eps_low, eps_high, float(delta) if delta is not None else 0.0, beta, float(sapo_temperature_pos),
-               float(sapo_temperature_neg), float(vespo_k_pos), float(vespo_lambda_pos), float(vespo_k_neg),
-               float(vespo_lambda_neg), norm]
-    logp32 = logp.float().contiguous()
-    loss, _, stats = _ops.policy_loss_fwd(logp32, old, adv, mask_f, ref, ratio, ent, iparams, fparams, backend or "")
-    metrics = _metrics(stats, loss, loss_type, iparams, adv.shape[1], beta, ent is not None)
-    if entropy is not None and entropy_coef != 0.0:  # the bonus: a masked mean, O(tokens), differentiable
-        bonus = (entropy.float() * mask_f).sum() / mask_f.sum().clamp(min=1.0)
-        loss = loss - float(entropy_coef) * bonus
-    return loss, metrics
+               int(on_policy)]
+    fparams = [float(epsilon_low), float(epsilon_high), float(delta) if delta is not None else 0.0, float(beta),
+               float(sapo_temperature_pos), float(sapo_temperature_neg), float(vespo_k_pos), float(vespo_lambda_pos),
+               float(vespo_k_neg), float(vespo_lambda_neg), norm]
+    return iparams, fparams
 
 
 def _metrics(stats: Tensor, loss: Tensor, loss_type: str, iparams: list[int], adv_cols: int, beta: float,

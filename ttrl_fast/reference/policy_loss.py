@@ -226,10 +226,16 @@ def _autograd_inside_op():
         yield
 
 
-# Kernel codes (csrc/include/ttrl_fast/policy_loss_math.h) -> the spec's loss_type. The public API
-# only ever pairs these codes (PPO-clip types differ by aggregation alone; a token-sum divisor is
-# passed as num_items_in_batch, which is exactly how dapo divides).
-_SPEC_TYPE = {(0, 0): "grpo", (0, 1): "dapo", (0, 2): "luspo", (1, 1): "cispo", (2, 0): "sapo", (3, 1): "vespo"}
+# Kernel loss codes (csrc/include/ttrl_fast/policy_loss_math.h) -> a spec loss_type with that
+# per-token math; the aggregation code is applied separately (kernel_weights).
+_SPEC_TYPE = {0: "dapo", 1: "cispo", 2: "sapo", 3: "vespo"}
+
+
+def kernel_weights(mask: Tensor, aggregation: int, norm: float) -> Tensor:
+    """The kernels' aggregation weights w [B, T] (aggregation_weight in policy_loss_math.h)."""
+    if aggregation == 0:  # seq-mean-token-mean, norm = B
+        return mask / mask.sum(-1, keepdim=True).clamp(min=1.0) / norm
+    return mask / norm  # token sum / norm; seq-mean-token-sum with norm = B
 
 
 def policy_loss_fwd(logp: Tensor, old_logp: Tensor | None, advantages: Tensor, mask: Tensor,
@@ -246,15 +252,16 @@ def policy_loss_fwd(logp: Tensor, old_logp: Tensor | None, advantages: Tensor, m
         old = None if on_policy else old_logp.to(f64)
         adv, mask_d = advantages.to(f64), mask.to(f64)
         is_ratio = None if rollout_is_ratio is None else rollout_is_ratio.to(f64)
-        loss, parts = policy_loss(
+        _, parts = policy_loss(
             x, old, adv, mask_d, ref_logp=None if ref_logp is None else ref_logp.to(f64),
-            loss_type=_SPEC_TYPE[(loss_type, aggregation)], importance_sampling_level="sequence" if seq_level else "token",
+            loss_type=_SPEC_TYPE[loss_type], importance_sampling_level="sequence" if seq_level else "token",
             epsilon_low=eps_low, epsilon_high=eps_high, delta=delta if has_delta else None,
             beta=beta if kl_est else 0.0, kl_estimator=KL_ESTIMATORS[max(kl_est, 1) - 1],
             use_bias_correction_kl=bool(bias_kl), rollout_is_ratio=is_ratio,
-            num_items_in_batch=norm if aggregation == 1 else None,
             sapo_temperature_pos=tau_pos, sapo_temperature_neg=tau_neg,
             vespo_k_pos=vk_pos, vespo_lambda_pos=vl_pos, vespo_k_neg=vk_neg, vespo_lambda_neg=vl_neg)
+        weighted = parts["per_token_loss"] * kernel_weights(mask_d, aggregation, norm)  # [B, T]
+        loss = weighted.sum()
         (grad,) = torch.autograd.grad(loss, x)
 
     with torch.no_grad():
@@ -285,7 +292,7 @@ def policy_loss_fwd(logp: Tensor, old_logp: Tensor | None, advantages: Tensor, m
         kept = mask_d > 0
         inf = torch.tensor(float("inf"), dtype=f64)
         stats = torch.stack([
-            parts["per_sequence_loss"], n, (mask_d * kl).sum(-1), (mask_d * ent).sum(-1),
+            weighted.detach().sum(-1), n, (mask_d * kl).sum(-1), (mask_d * ent).sum(-1),
             (mask_d * low).sum(-1), (mask_d * high).sum(-1), (mask_d * region).sum(-1), low0, high0, region0,
             (mask_d * cispo).sum(-1), cispo0, (mask_d * phi).sum(-1), phi0, (mask_d * r).sum(-1),
             torch.where(kept, r, inf).amin(-1), torch.where(kept, r, -inf).amax(-1), s,

@@ -2,14 +2,15 @@
 
 One program per sequence i, looping over its T positions in BLOCK_T chunks. The per-token math
 mirrors ``csrc/include/ttrl_fast/policy_loss_math.h`` (policy_term, kl_term, aggregation_weight,
-vespo_phi, clipped_ratio, the latter inlined) branch for branch; the spec is ``ttrl_fast/reference/policy_loss.py``.
+vespo_phi; clipped_ratio inlined, as the interpreter's cost is per jit-function call) branch for
+branch, and the C++ / CUDA kernels' pass order; the spec is ``ttrl_fast/reference/policy_loss.py``.
 
     Pass A  n_i = sum m, lr = sum m (logp - old), vs = sum m clamp(logp - old, +-20)
             [+ sum over all Tr columns of clamp(log rho, log 1e-8, 20), VESPO only];
             s_i = exp(lr / max(n_i, 1)) at sequence level, else 1
     Pass B  per token: loss, gradient, metrics; the sequence level also gathers
             G_i = sum_t w dl/dr (the gradient through s_i)
-    Pass C  sequence level only: grad_t += G_i s_i m_t / max(n_i, 1)
+    Pass C  sequence level only: grad_t += (G_i s_i / max(n_i, 1)) m_t
 
 The structural integers (loss type, aggregation, KL estimator, sequence level, bias correction,
 delta, on-policy) are constexpr: each selects code paths. Every float hyperparameter is a runtime
@@ -279,7 +280,7 @@ def _policy_loss_fwd_kernel(
         if LOSS_TYPE == 3:
             phi_acc += tl.sum(m * phi, axis=0)
         r_acc += tl.sum(m * r, axis=0)
-        kept = m > 0.0
+        kept = (m > 0.0) & (r == r)  # NaN ratios are skipped, as the C++ / CUDA comparisons do
         r_min = tl.minimum(r_min, tl.min(tl.where(kept, r, float("inf")), axis=0))
         r_max = tl.maximum(r_max, tl.max(tl.where(kept, r, float("-inf")), axis=0))
 
@@ -287,11 +288,12 @@ def _policy_loss_fwd_kernel(
     if SEQUENCE_LEVEL:
         if DIRECT:
             tl.debug_barrier()  # Pass B's stores are visible to every thread of the program
+        scale = g_seq * s / n_c  # G_i s_i / max(n_i, 1)
         for start in range(0, T, BLOCK_T):
             offs = start + tl.arange(0, BLOCK_T)
             valid = offs < T
             m = tl.load(mask_ptr + row + offs, mask=valid, other=0.0)
-            add = g_seq * s * m / n_c
+            add = scale * m
             if DIRECT:
                 g = tl.load(grad_ptr + row + offs, mask=valid, other=0.0) + add
             else:
