@@ -149,3 +149,17 @@ def test_bad_input_names_the_argument(kwargs, error, words):
         ttrl_fast.policy_loss(args["logp"], args["old_logp"], args["advantages"], args["mask"], **kwargs)
     for word in words:
         assert word in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("delta", [None, 1.0])
+def test_ratio_exactly_on_the_clip_bounds_matches_trl(backend, level, delta):
+    """On-policy r = 1 with eps = 0 (and delta = 1) sits on every clamp bound, where torch.clamp's
+    gradient is 0 and min's tie splits: the kernels reproduce TRL's gradient there too."""
+    logp, _, _, adv, mask, _, _ = _inputs(7, on_policy=True)
+    kw = dict(loss_type="grpo", importance_sampling_level=level, epsilon_low=0.0, epsilon_high=0.0, delta=delta)
+    loss_trl, grad_trl, _ = _trl(logp, None, adv, mask, **kw)
+    x = logp.float().to(DEVICE).requires_grad_(True)
+    loss, _ = ttrl_fast.policy_loss(x, None, adv.float().to(DEVICE), mask.to(DEVICE), backend=backend, **kw)
+    loss.backward()
+    torch.testing.assert_close(x.grad.double().cpu(), grad_trl, rtol=1e-5, atol=1e-7)

@@ -81,9 +81,10 @@ TTRL_HD PolicyTerm policy_term(const PolicyLossParams& p, float r, float adv, fl
   if (p.loss_type == kPpoClip) {
     const float lo = 1.0f - p.eps_low, hi = 1.0f + p.eps_high;
     const float c1 = clipped_ratio(p, r);
-    const float dc1 = (p.has_delta && r > p.delta) ? 0.0f : 1.0f;        // d c1 / d r
+    // torch.clamp's backward is 0 *at* its bounds too (strict inequalities): matched exactly.
+    const float dc1 = (p.has_delta && r >= p.delta) ? 0.0f : 1.0f;       // d c1 / d r
     const float c2 = r < lo ? lo : (r > hi ? hi : r);
-    const float dc2 = (r >= lo && r <= hi) ? 1.0f : 0.0f;                // d c2 / d r
+    const float dc2 = (r > lo && r < hi) ? 1.0f : 0.0f;                  // d c2 / d r
     const float a = c1 * adv, b = c2 * adv;
     out.loss = -(a < b ? a : b);
     // min's gradient: the smaller branch; a tie splits it evenly (torch.min semantics).

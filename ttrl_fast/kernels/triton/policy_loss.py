@@ -57,12 +57,12 @@ def _policy_term(r, adv, logp, phi, eps_low, eps_high, delta, tau_pos, tau_neg,
         hi = 1.0 + eps_high
         if HAS_DELTA:  # c1 = clipped_ratio(r)
             c1 = tl.where(r > delta, delta, r)
-            dc1 = tl.where(r > delta, 0.0, 1.0)  # d c1 / d r
+            dc1 = tl.where(r >= delta, 0.0, 1.0)  # d c1 / d r (0 at the bound, like torch.clamp)
         else:
             c1 = r
             dc1 = zero + 1.0
         c2 = tl.where(r < lo, lo, tl.where(r > hi, hi, r))
-        dc2 = tl.where((r >= lo) & (r <= hi), 1.0, 0.0)  # inclusive, like torch.clamp's backward
+        dc2 = tl.where((r > lo) & (r < hi), 1.0, 0.0)  # strict, like torch.clamp's backward
         a = c1 * adv
         b = c2 * adv
         loss = -tl.where(a < b, a, b)
