@@ -15,8 +15,9 @@ from torch import Tensor
 from ttrl_fast import _validation as v
 from ttrl_fast import backends
 
-# Default tokens per chunk: an fp32 tile of at most 16 MiB (plus its gradient tile in the backward).
-_TILE_ELEMENTS = 1 << 22
+# Default tokens per chunk: an fp32 tile of at most 32 MiB (plus its gradient tile). Bigger chunks
+# cost memory; smaller ones re-read and re-write the fp32 dW accumulator once more per chunk.
+_TILE_ELEMENTS = 1 << 23
 
 
 def default_chunk_size(vocab: int) -> int:
@@ -31,12 +32,38 @@ class _Head:
         self.weight = weight.detach().float()  # [V, H]
         self.bias = None if bias is None else bias.detach().float()  # [V]
         self.inv_t = 1.0 / temperature
+        self._buffer: Tensor | None = None  # one tile buffer reused by every chunk (no re-faulting)
 
     def tile(self, hidden: Tensor) -> Tensor:
-        """[c, H] -> fp32 logits tile viewed as the kernels' [1, c, V]."""
+        """[c, H] -> fp32 logits tile viewed as the kernels' [1, c, V] (valid until the next call)."""
+        rows, vocab = hidden.shape[0], self.weight.shape[0]
+        if self._buffer is None or self._buffer.shape[0] < rows:
+            self._buffer = torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device)
+        out = self._buffer[:rows]
         h = hidden.float()
-        out = torch.addmm(self.bias, h, self.weight.t()) if self.bias is not None else h @ self.weight.t()
+        if self.bias is not None:
+            torch.addmm(self.bias, h, self.weight.t(), out=out)
+        else:
+            torch.mm(h, self.weight.t(), out=out)
         return out.unsqueeze(0)
+
+
+def _tile_grad(impl, grad_logp, grad_entropy, tile, targets, valid, stats, entropy, inv_t) -> Tensor:
+    """d loss / d tile [c, V] fp32. The C++ backend overwrites the scratch tile in place (one tile
+    of memory instead of two); other backends return a fresh tensor."""
+    if impl.backend == "cpp":
+        from ttrl_fast import _ext
+
+        return _ext.extension("cpu").selective_log_softmax_bwd_(grad_logp, grad_entropy, tile, targets, valid, stats,
+                                                                 entropy, inv_t)[0]
+    return impl.bwd(grad_logp, grad_entropy, tile, targets, valid, stats, entropy, inv_t)[0]
+
+
+def _triton_fused():
+    """The Triton fused matmul + online log-sum-exp kernels (used when the backend is triton)."""
+    from ttrl_fast.kernels.triton import fused_linear
+
+    return fused_linear
 
 
 def _chunks(n: int, size: int):
@@ -69,13 +96,12 @@ def chunked_logprob_backward(head: _Head, hidden: Tensor, targets: Tensor, valid
     db = torch.zeros(head.weight.shape[0], dtype=torch.float32, device=hidden.device) if need_db else None
     for c0, c1 in _chunks(n, chunk):
         tile = head.tile(hidden[c0:c1])
-        g = impl.bwd(None if grad_logp is None else grad_logp[c0:c1].contiguous(),
-                     None if grad_entropy is None else grad_entropy[c0:c1].contiguous(), tile, targets[c0:c1],
-                     valid[c0:c1], stats[c0:c1].contiguous(), entropy[c0:c1] if grad_entropy is not None else entropy,
-                     head.inv_t)[0]  # [c, V] fp32
-        del tile
+        g = _tile_grad(impl, None if grad_logp is None else grad_logp[c0:c1].contiguous(),
+                       None if grad_entropy is None else grad_entropy[c0:c1].contiguous(), tile, targets[c0:c1],
+                       valid[c0:c1], stats[c0:c1].contiguous(),
+                       entropy[c0:c1] if grad_entropy is not None else entropy, head.inv_t)  # [c, V] fp32
         if need_dx:
-            dx[c0:c1] = g @ head.weight  # [c, H]
+            torch.mm(g, head.weight, out=dx[c0:c1])  # [c, H]
         if need_dw:
             dw.addmm_(g.t(), hidden[c0:c1].float())  # fixed chunk order: deterministic
         if need_db:
@@ -87,8 +113,13 @@ class _FusedLinearLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, valid, temperature, with_entropy, chunk, backend):
         impl = backends.select("selective_log_softmax", hidden.device, torch.float32, backend)
-        head = _Head(weight, bias, temperature)
-        logp, entropy, stats = chunked_logprob_forward(head, hidden, targets, valid, with_entropy, chunk, impl)
+        if impl.backend == "triton":  # one fused matmul + online log-sum-exp kernel
+            logp, entropy, stats = _triton_fused().fused_linear_logprob_fwd(
+                hidden.contiguous(), weight.detach().contiguous(), None if bias is None else bias.detach(), targets,
+                valid, 1.0 / temperature, with_entropy)
+        else:
+            head = _Head(weight, bias, temperature)
+            logp, entropy, stats = chunked_logprob_forward(head, hidden, targets, valid, with_entropy, chunk, impl)
         ctx.save_for_backward(hidden, weight, bias, targets, valid, stats, entropy)
         ctx.cfg = (temperature, chunk, backend, with_entropy)
         ctx.mark_non_differentiable(stats)
@@ -99,8 +130,16 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         hidden, weight, bias, targets, valid, stats, entropy = ctx.saved_tensors
         temperature, chunk, backend, with_entropy = ctx.cfg
         impl = backends.select("selective_log_softmax", hidden.device, torch.float32, backend)
-        head = _Head(weight, bias, temperature)
         need = ctx.needs_input_grad
+        if impl.backend == "triton":
+            dx, dw, db = _triton_fused().fused_linear_logprob_bwd(
+                None if grad_logp is None else grad_logp.float().contiguous(),
+                grad_entropy.float().contiguous() if (with_entropy and grad_entropy is not None) else None,
+                hidden.contiguous(), weight.detach().contiguous(), None if bias is None else bias.detach(), targets,
+                valid, stats, entropy, 1.0 / temperature, need[0], need[1], bias is not None and need[2])
+            return (None if dx is None else dx.to(hidden.dtype), None if dw is None else dw.to(weight.dtype),
+                    None if db is None else db.to(bias.dtype), None, None, None, None, None, None)
+        head = _Head(weight, bias, temperature)
         dx, dw, db = chunked_logprob_backward(
             head, hidden, targets, valid, stats, entropy,
             None if grad_logp is None else grad_logp.float(),
@@ -212,7 +251,8 @@ class _FusedLinearGRPO(torch.autograd.Function):
         grad_entropy = (-coef * mask_f.reshape(-1) / tokens).contiguous() if coef != 0.0 else None
         need = ctx.needs_input_grad
         need_dx, need_dw, need_db = need[0], need[1], bias is not None and need[2]
-        one_pass = iparams[3] == 0 and loss_type != "vespo"
+        fused = sls.backend == "triton"  # Triton: fused matmul + log-sum-exp kernels, two phases
+        one_pass = iparams[3] == 0 and loss_type != "vespo" and not fused
 
         if one_pass:
             weights = aggregation_weights(mask_f, loss_type, knobs["max_completion_length"],
@@ -240,11 +280,10 @@ class _FusedLinearGRPO(torch.autograd.Function):
                 token_stats[sl] = tok
                 if need_entropy:
                     entropy[sl] = ent
-                g = sls.bwd(g_logp, None if grad_entropy is None else grad_entropy[sl], tile, targets[sl],
-                            valid[sl], st, ent, head.inv_t)[0]
-                del tile
+                g = _tile_grad(sls, g_logp, None if grad_entropy is None else grad_entropy[sl], tile, targets[sl],
+                               valid[sl], st, ent, head.inv_t)
                 if need_dx:
-                    dx[sl] = g @ head.weight
+                    torch.mm(g, head.weight, out=dx[sl])
                 if need_dw:
                     dw.addmm_(g.t(), hidden[sl].float())
                 if need_db:
@@ -252,13 +291,23 @@ class _FusedLinearGRPO(torch.autograd.Function):
             seq_stats = _sequence_stats(token_stats, mask_f, entropy, batch, length)
             policy = loss.float()
         else:
-            logp, entropy, stats = chunked_logprob_forward(head, hidden, targets, valid, need_entropy, chunk, sls)
+            if fused:
+                tk = _triton_fused()
+                args = (hidden.contiguous(), weight.detach().contiguous(), None if bias is None else bias.detach())
+                logp, entropy, stats = tk.fused_linear_logprob_fwd(*args, targets, valid, head.inv_t, need_entropy)
+            else:
+                logp, entropy, stats = chunked_logprob_forward(head, hidden, targets, valid, need_entropy, chunk, sls)
             grad_logp, seq_stats = pl.fwd(logp.view(batch, length), old, adv, mask_f, ref, ratio,
                                           entropy.view(batch, length) if need_entropy else None, iparams, fparams)
             policy = seq_stats[:, 0].sum()
-            dx, dw, db = chunked_logprob_backward(head, hidden, targets, valid, stats, entropy,
-                                                  grad_logp.reshape(-1).contiguous(), grad_entropy, chunk, sls,
-                                                  need_dx, need_dw, need_db)
+            if fused:
+                dx, dw, db = tk.fused_linear_logprob_bwd(grad_logp.reshape(-1).contiguous(), grad_entropy, *args,
+                                                         targets, valid, stats, entropy, head.inv_t, need_dx, need_dw,
+                                                         need_db)
+            else:
+                dx, dw, db = chunked_logprob_backward(head, hidden, targets, valid, stats, entropy,
+                                                      grad_logp.reshape(-1).contiguous(), grad_entropy, chunk, sls,
+                                                      need_dx, need_dw, need_db)
         total = policy
         if coef != 0.0:
             total = policy - coef * (entropy.view(batch, length) * mask_f).sum() / tokens
@@ -273,7 +322,10 @@ class _FusedLinearGRPO(torch.autograd.Function):
     def backward(ctx, grad_out):
         saved = iter(ctx.saved_tensors)
         grads = [next(saved) if present else None for present in ctx.which]
-        out = [None if g is None else (g * grad_out).to(dtype) for g, dtype in zip(grads, ctx.dtypes)]
+        # The usual upstream gradient is exactly 1 (loss.backward()): hand the saved gradients over
+        # as they are instead of copying a [V, H] tensor.
+        unit = grad_out.numel() == 1 and float(grad_out) == 1.0
+        out = [None if g is None else (g if unit else g * grad_out).to(dtype) for g, dtype in zip(grads, ctx.dtypes)]
         return out[0], out[1], out[2], None, None, None, None, None
 
 

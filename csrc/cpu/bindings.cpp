@@ -84,10 +84,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_log_softmax_fwd(
   return {logp, entropy, stats};
 }
 
-at::Tensor selective_log_softmax_bwd(const std::optional<at::Tensor>& grad_logp,
+at::Tensor selective_log_softmax_bwd_impl(const std::optional<at::Tensor>& grad_logp,
                                      const std::optional<at::Tensor>& grad_entropy, const at::Tensor& logits,
                                      const at::Tensor& index, const std::optional<at::Tensor>& mask,
-                                     const at::Tensor& stats, const at::Tensor& entropy, double inv_temperature) {
+                                     const at::Tensor& stats, const at::Tensor& entropy, double inv_temperature,
+                                          bool in_place) {
   TORCH_CHECK(logits.device().is_cpu(), "ttrl_fast cpp: logits must be a CPU tensor");
   const RowLayout layout = row_layout(logits);
   const int64_t n = logits.size(0) * logits.size(1);
@@ -99,7 +100,8 @@ at::Tensor selective_log_softmax_bwd(const std::optional<at::Tensor>& grad_logp,
     check_rows(*grad_entropy, n, at::kFloat, "grad_entropy");
     check_rows(entropy, n, at::kFloat, "entropy");
   }
-  at::Tensor grad = empty_large(logits.sizes(), logits.options());
+  TORCH_CHECK(!in_place || logits.is_contiguous(), "ttrl_fast cpp: in-place backward needs contiguous logits");
+  at::Tensor grad = in_place ? logits : empty_large(logits.sizes(), logits.options());
   BackwardArgs args{layout,
                     index.data_ptr<int64_t>(),
                     mask ? mask->data_ptr<bool>() : nullptr,
@@ -113,6 +115,23 @@ at::Tensor selective_log_softmax_bwd(const std::optional<at::Tensor>& grad_logp,
     selective_log_softmax_backward_rows(args, begin, end);
   });
   return grad;
+}
+
+at::Tensor selective_log_softmax_bwd(const std::optional<at::Tensor>& grad_logp,
+                                     const std::optional<at::Tensor>& grad_entropy, const at::Tensor& logits,
+                                     const at::Tensor& index, const std::optional<at::Tensor>& mask,
+                                     const at::Tensor& stats, const at::Tensor& entropy, double inv_temperature) {
+  return selective_log_softmax_bwd_impl(grad_logp, grad_entropy, logits, index, mask, stats, entropy,
+                                        inv_temperature, false);
+}
+
+// Overwrites `logits` (contiguous) with its own gradient: for callers that own a scratch tile.
+at::Tensor selective_log_softmax_bwd_(const std::optional<at::Tensor>& grad_logp,
+                                      const std::optional<at::Tensor>& grad_entropy, at::Tensor logits,
+                                      const at::Tensor& index, const std::optional<at::Tensor>& mask,
+                                      const at::Tensor& stats, const at::Tensor& entropy, double inv_temperature) {
+  return selective_log_softmax_bwd_impl(grad_logp, grad_entropy, logits, index, mask, stats, entropy,
+                                        inv_temperature, true);
 }
 
 // Test hook: runs the per-element streaming helpers (lse_rebase / lse_accumulate, which the CUDA
@@ -242,6 +261,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_log_softmax_bwd", &selective_log_softmax_bwd, py::arg("grad_logp"), py::arg("grad_entropy"),
         py::arg("logits"), py::arg("index"), py::arg("mask"), py::arg("stats"), py::arg("entropy"),
         py::arg("inv_temperature"));
+  m.def("selective_log_softmax_bwd_", &selective_log_softmax_bwd_, py::arg("grad_logp"), py::arg("grad_entropy"),
+        py::arg("logits"), py::arg("index"), py::arg("mask"), py::arg("stats"), py::arg("entropy"),
+        py::arg("inv_temperature"), "In-place backward: logits (contiguous) become their gradient.");
   m.def("policy_loss_fwd", &policy_loss_fwd, py::arg("logp"), py::arg("old_logp"), py::arg("advantages"),
         py::arg("mask"), py::arg("ref_logp"), py::arg("rollout_is_ratio"), py::arg("entropy"), py::arg("iparams"),
         py::arg("fparams"));

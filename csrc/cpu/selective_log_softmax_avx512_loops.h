@@ -45,7 +45,7 @@ inline void chunk_sums(const float* x, int64_t n, float m, float k, float& s_out
 }
 
 template <bool kEntropy>
-inline void grad_chunk(const float* __restrict__ x, float* __restrict__ out, int64_t n, float row_max,
+inline void grad_chunk(const float* x, float* out, int64_t n, float row_max,  // x may equal out
                        float log_sum, float inv_t, float g_logp, float g_ent, float h) {
   const __m512 vm = _mm512_set1_ps(row_max), vk = _mm512_set1_ps(math::log2_scale(inv_t));
   const __m512 vls2 = _mm512_set1_ps(log_sum * math::kLog2e), vln2 = _mm512_set1_ps(math::kLn2);

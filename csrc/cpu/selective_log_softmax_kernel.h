@@ -130,7 +130,7 @@ inline void chunk_sums(const float* x, int64_t n, float m, float k, float& s_out
 
 // Gradient of one chunk of a row, all entries treated as non-target (the caller fixes the target).
 template <bool kEntropy>
-inline void grad_chunk(const float* __restrict__ x, float* __restrict__ out, int64_t n, float row_max,
+inline void grad_chunk(const float* x, float* out, int64_t n, float row_max,  // x may equal out
                        float log_sum, float inv_t, float g_logp, float g_ent, float h) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
@@ -218,14 +218,18 @@ void backward_rows_typed(const BackwardArgs& a, int64_t begin, int64_t end) {
     const float g_logp = a.grad_logp != nullptr ? a.grad_logp[r] : 0.0f;
     const float g_ent = kEntropy ? a.grad_entropy[r] : 0.0f;
     const float h = kEntropy ? a.entropy[r] : 0.0f;
+    // The target logit is read before the vocabulary loop, so the gradient may overwrite the logits
+    // in place (grad_logits == logits, used by the fused LM head on its own scratch tile).
+    const int64_t y = a.index[r];
+    const bool has_target = y >= 0 && y < V;
+    const float x_target = has_target ? load_float(row, y) : 0.0f;
     for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
       const int64_t n = std::min(kChunk, V - c0);
       const float* x = chunk_as_float(row + c0, n, buf);
       backward_chunk<T, kEntropy>(x, out + c0, n, row_max, log_sum, inv_t, g_logp, g_ent, h, scratch);
     }
-    const int64_t y = a.index[r];
-    if (y >= 0 && y < V) {  // the target entry: recompute in fp32, add the indicator term, store once
-      const float lp = math::log_prob_of(load_float(row, y), row_max, log_sum, inv_t);
+    if (has_target) {  // the target entry: recompute in fp32, add the indicator term, store once
+      const float lp = math::log_prob_of(x_target, row_max, log_sum, inv_t);
       const float p = math::exp_shared(lp);
       const float g = (kEntropy ? math::dlogit_nontarget(p, lp, g_logp, g_ent, h, inv_t)
                                 : math::dlogit_nontarget_logp_only(p, g_logp, inv_t)) +
