@@ -75,24 +75,10 @@ void policy_loss_rows(const PolicyLossArgs& a, int64_t begin, int64_t end) {
       const float r = p.sequence_level ? s_i : (p.on_policy ? 1.0f : expf(logp - a.old_logp[k]));
       const float adv = a.adv[i * a.Ta + (a.Ta == 1 ? 0 : t)];
       const float phi = vespo ? math::vespo_phi(p, tot.vespo, adv) : 0.0f;
-      const math::PolicyTerm term = math::policy_term(p, r, adv, logp, phi);
       const float rho = (a.is_ratio != nullptr && !vespo) ? a.is_ratio[i * a.Tr + (a.Tr == 1 ? 0 : t)] : 1.0f;
-      float l = term.loss * rho, dl_dr = term.d_ratio * rho, dl_dlogp = term.d_logp * rho;
-      float kl_metric = 0.0f;
-      if (p.kl_estimator != math::kKlNone) {
-        float kl, dkl;
-        math::kl_term(p.kl_estimator, logp, a.ref_logp[k], &kl, &dkl);
-        if (p.bias_correction_kl) {  // KL * r with the differentiable ratio
-          l += p.beta * kl * r;
-          dl_dr += p.beta * kl;
-          dl_dlogp += p.beta * dkl * r;
-          kl_metric = kl * r;
-        } else {
-          l += p.beta * kl;
-          dl_dlogp += p.beta * dkl;
-          kl_metric = kl;
-        }
-      }
+      const float ref = p.kl_estimator != math::kKlNone ? a.ref_logp[k] : 0.0f;
+      const math::TokenLoss tl = math::token_loss(p, r, adv, logp, phi, rho, ref);
+      const float l = tl.loss, dl_dr = tl.d_ratio, dl_dlogp = tl.d_logp, kl_metric = tl.kl_metric;
       const float w = math::aggregation_weight(p, m, tot.n);
       st[0] += w * l;
       if (p.sequence_level) {

@@ -188,26 +188,10 @@ __global__ void __launch_bounds__(kMaxThreads)
     const float r = seq_level ? s : (on_policy ? 1.0f : expf(lp - __ldg(old_logp + o)));
     const float A = __ldg(adv_row + (Ta == 1 ? 0 : t));
     const float phi = vespo ? math::vespo_phi(p, vs, A) : 0.0f;
-    const math::PolicyTerm term = math::policy_term(p, r, A, lp, phi);
     const float rho = use_rho ? __ldg(rho_row + (Tr == 1 ? 0 : t)) : 1.0f;
-    float l = term.loss * rho;
-    float dl_dr = term.d_ratio * rho;
-    float dl_dlogp = term.d_logp * rho;
-    float kl_metric = 0.0f;
-    if (p.kl_estimator != math::kKlNone) {
-      float kl, dkl;
-      math::kl_term(p.kl_estimator, lp, __ldg(ref_logp + o), &kl, &dkl);
-      if (p.bias_correction_kl) {
-        l += p.beta * kl * r;
-        dl_dr += p.beta * kl;
-        dl_dlogp += p.beta * dkl * r;
-        kl_metric = kl * r;
-      } else {
-        l += p.beta * kl;
-        dl_dlogp += p.beta * dkl;
-        kl_metric = kl;
-      }
-    }
+    const float ref = p.kl_estimator != math::kKlNone ? __ldg(ref_logp + o) : 0.0f;
+    const math::TokenLoss tl = math::token_loss(p, r, A, lp, phi, rho, ref);
+    const float l = tl.loss, dl_dr = tl.d_ratio, dl_dlogp = tl.d_logp, kl_metric = tl.kl_metric;
     const float w = math::aggregation_weight(p, m, n);
     b[kLoss] += w * l;
     float g;

@@ -121,6 +121,33 @@ TTRL_HD void kl_term(int32_t estimator, float logp, float ref, float* kl, float*
   }
 }
 
+// The whole per-token loss: the policy term times the rollout-IS factor rho, plus beta * KL (times
+// the differentiable ratio with bias correction). kl_metric is the KL as TRL logs it.
+struct TokenLoss {
+  float loss, d_ratio, d_logp, kl_metric;
+};
+
+TTRL_HD TokenLoss token_loss(const PolicyLossParams& p, float r, float adv, float logp, float phi, float rho,
+                             float ref) {
+  const PolicyTerm term = policy_term(p, r, adv, logp, phi);
+  TokenLoss out{term.loss * rho, term.d_ratio * rho, term.d_logp * rho, 0.0f};
+  if (p.kl_estimator != kKlNone) {
+    float kl, dkl;
+    kl_term(p.kl_estimator, logp, ref, &kl, &dkl);
+    if (p.bias_correction_kl) {
+      out.loss += p.beta * kl * r;
+      out.d_ratio += p.beta * kl;
+      out.d_logp += p.beta * dkl * r;
+      out.kl_metric = kl * r;
+    } else {
+      out.loss += p.beta * kl;
+      out.d_logp += p.beta * dkl;
+      out.kl_metric = kl;
+    }
+  }
+  return out;
+}
+
 // Per-token aggregation weight d loss / d l_t (mask included).
 TTRL_HD float aggregation_weight(const PolicyLossParams& p, float m, float n_seq) {
   if (p.aggregation == kSeqMeanTokenMean) return m / (n_seq > 1.0f ? n_seq : 1.0f) / p.norm;
