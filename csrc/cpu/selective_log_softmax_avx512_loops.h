@@ -69,3 +69,45 @@ inline void grad_chunk(const float* x, float* out, int64_t n, float row_max,  //
     _mm512_mask_storeu_ps(out + i, mk, grad(_mm512_maskz_loadu_ps(mk, x + i)));
   }
 }
+
+// bf16 logits read directly: each 16-element load is widened in registers (zero-extend, shift) in
+// both passes, instead of converting the chunk into an fp32 buffer and reading that back.
+#define TTRL_CPU_DIRECT_BF16 1
+
+inline __m512 load_bf16x16(const bf16_bits* p, __mmask16 mk) {
+  const __m256i raw = _mm256_maskz_loadu_epi16(mk, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// NaN-ignoring max of a bf16 chunk (masked-off tail lanes are 0 bits = +0.0, so blend in -inf).
+inline float chunk_max_bf16(const bf16_bits* x, int64_t n) {
+  const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
+  __m512 vmax = neg_inf;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) vmax = _mm512_max_ps(load_bf16x16(x + i, 0xFFFF), vmax);
+  if (i < n) {
+    const __mmask16 mk = tail_mask(n - i);
+    vmax = _mm512_max_ps(_mm512_mask_blend_ps(mk, neg_inf, load_bf16x16(x + i, mk)), vmax);
+  }
+  return _mm512_reduce_max_ps(vmax);
+}
+
+template <bool kEntropy>
+inline void chunk_sums_bf16(const bf16_bits* x, int64_t n, float m, float k, float& s_out, float& w_out) {
+  const __m512 vm = _mm512_set1_ps(m), vk = _mm512_set1_ps(k), neg_inf = _mm512_set1_ps(-INFINITY);
+  __m512 vs = _mm512_setzero_ps(), vw = _mm512_setzero_ps();
+  auto step = [&](__m512 xv) {
+    const __m512 t = _mm512_mul_ps(_mm512_sub_ps(xv, vm), vk);
+    const __m512 e = exp2_avx512(t);
+    vs = _mm512_add_ps(vs, e);
+    if (kEntropy) vw = _mm512_fmadd_ps(e, clamp_t_avx512(t), vw);
+  };
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) step(load_bf16x16(x + i, 0xFFFF));
+  if (i < n) {
+    const __mmask16 mk = tail_mask(n - i);
+    step(_mm512_mask_blend_ps(mk, neg_inf, load_bf16x16(x + i, mk)));
+  }
+  s_out = _mm512_reduce_add_ps(vs);
+  w_out = kEntropy ? _mm512_reduce_add_ps(vw) : 0.0f;
+}

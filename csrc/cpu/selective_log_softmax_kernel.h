@@ -171,6 +171,19 @@ void forward_rows_typed(const ForwardArgs& a, int64_t begin, int64_t end) {
     LseState st = math::lse_empty();
     for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
       const int64_t n = std::min(kChunk, V - c0);
+#if defined(TTRL_CPU_DIRECT_BF16)
+      if constexpr (std::is_same<T, bf16_bits>::value) {
+        const float m = chunk_max_bf16(row + c0, n);
+        LseState cs{m, 0.0f, 0.0f};
+        if (m == -std::numeric_limits<float>::infinity()) {  // rare: all -inf or NaN; check on fp32
+          cs = chunk_has_nan(chunk_as_float(row + c0, n, buf), n) ? math::lse_poison() : math::lse_empty();
+        } else {
+          chunk_sums_bf16<kEntropy>(row + c0, n, m, math::log2_scale(a.inv_t), cs.s, cs.w);
+        }
+        st = math::lse_merge(st, cs, a.inv_t);
+        continue;
+      }
+#endif
       float m;
       const float* x = chunk_as_float_with_max(row + c0, n, buf, &m);
       st = math::lse_merge(st, chunk_state<kEntropy>(x, n, m, a.inv_t), a.inv_t);
