@@ -9,7 +9,7 @@ from ttrl_fast import _validation as v
 from ttrl_fast.functional import selective_log_softmax
 from ttrl_fast.metrics import Metrics
 from ttrl_fast.ops import policy_loss as _ops
-from ttrl_fast.reference.policy_loss import KL_ESTIMATORS, LOSS_TYPES, PPO_CLIP_TYPES
+from ttrl_fast.reference.policy_loss import KL_ESTIMATORS, LOSS_TYPES, PPO_CLIP_TYPES, nan_reduce
 
 # loss_type -> (kernel loss code, aggregation code); see csrc/include/ttrl_fast/policy_loss_math.h.
 _CODES = {"grpo": (0, 0), "bnpo": (0, 1), "dr_grpo": (0, 1), "dapo": (0, 1), "luspo": (0, 2),
@@ -194,8 +194,8 @@ def _metrics(stats: Tensor, loss: Tensor, loss_type: str, iparams: list[int], ad
         low = flag_metrics("clip_ratio/low_mean", 4, 7)
         high = flag_metrics("clip_ratio/high_mean", 5, 8)
         flag_metrics("clip_ratio/region_mean", 6, 9)
-        m.add_extreme("clip_ratio/low_min", _nan_reduce(low, "min"), "min")
-        m.add_extreme("clip_ratio/high_max", _nan_reduce(high, "max"), "max")
+        m.add_extreme("clip_ratio/low_min", nan_reduce(low, "min"), "min")
+        m.add_extreme("clip_ratio/high_max", nan_reduce(high, "max"), "max")
     elif loss_type == "cispo":
         flag_metrics("cispo_clip_ratio", 10, 11)
     elif loss_type == "vespo":
@@ -213,13 +213,6 @@ def _metrics(stats: Tensor, loss: Tensor, loss_type: str, iparams: list[int], ad
         m.add_extreme("ratio/min", lo if torch.isfinite(lo) else torch.tensor(float("nan")), "min")
         m.add_extreme("ratio/max", hi if torch.isfinite(hi) else torch.tensor(float("nan")), "max")
     return m
-
-
-def _nan_reduce(x: Tensor, op: str) -> Tensor:
-    kept = x[~torch.isnan(x)]
-    if kept.numel() == 0:
-        return torch.tensor(float("nan"))
-    return kept.min() if op == "min" else kept.max()
 
 
 def grpo_loss(

@@ -93,7 +93,8 @@ def _seq_means(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum(-1) / mask.sum(-1)
 
 
-def _nan_reduce(x: Tensor, op: str) -> Tensor:
+def nan_reduce(x: Tensor, op: str) -> Tensor:
+    """min or max of the non-NaN entries (NaN if there are none), like TRL's nanmin / nanmax."""
     kept = x[~torch.isnan(x)]
     if kept.numel() == 0:
         return torch.tensor(float("nan"), dtype=x.dtype, device=x.device)
@@ -128,9 +129,9 @@ def policy_loss(
     vespo_lambda_neg: float = 2.0,
 ) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor] | Tensor]]:
     """The spec. Returns (loss, parts): parts maps mean metrics to (sum, count) and min/max metrics
-    ("clip_ratio/low_min", "clip_ratio/high_max", "ratio/min", "ratio/max") to their value, and
-    "per_sequence_loss" to the [B] shares of the policy loss (they sum to it); "per_token_loss"
-    (differentiable), "per_token_kl" and "ratio" are the per-token tensors before aggregation."""
+    ("clip_ratio/low_min", "clip_ratio/high_max", "ratio/min", "ratio/max") to their value;
+    "per_token_loss" (differentiable), "per_token_kl" and "ratio" are the per-token tensors before
+    aggregation."""
     eps_hi = epsilon_low if epsilon_high is None else epsilon_high
     mask = mask.to(logp.dtype)
     adv = advantages.to(logp.dtype)
@@ -181,9 +182,7 @@ def policy_loss(
     parts["per_token_kl"] = kl
     parts["ratio"] = ratio.detach()
     weights = aggregation_weights(mask, loss_type, max_completion_length, num_items_in_batch)  # [B, T]
-    weighted = per_token * weights  # [B, T]
-    loss = weighted.sum()
-    parts["per_sequence_loss"] = weighted.detach().sum(-1)
+    loss = (per_token * weights).sum()
     parts["policy_loss"] = (loss.detach(), torch.ones((), dtype=logp.dtype, device=logp.device))
 
     if entropy is not None and entropy_coef != 0.0:
@@ -202,8 +201,8 @@ def policy_loss(
             parts["clip_ratio/low_mean"] = _masked_mean_parts(low, mask)
             parts["clip_ratio/high_mean"] = _masked_mean_parts(high, mask)
             parts["clip_ratio/region_mean"] = _masked_mean_parts(region, mask)
-            parts["clip_ratio/low_min"] = _nan_reduce(_seq_means(low, mask), "min")
-            parts["clip_ratio/high_max"] = _nan_reduce(_seq_means(high, mask), "max")
+            parts["clip_ratio/low_min"] = nan_reduce(_seq_means(low, mask), "min")
+            parts["clip_ratio/high_max"] = nan_reduce(_seq_means(high, mask), "max")
         elif loss_type == "cispo":
             parts["cispo_clip_ratio"] = _masked_mean_parts(((ratio.detach() > eps_hi) & (adv > 0)).to(logp.dtype),
                                                            mask)
