@@ -11,18 +11,15 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import importlib.util  # noqa: E402
 import math  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from . import load_kernel_module  # noqa: E402
+
 pytest.importorskip("triton")
 
-_PATH = Path(__file__).resolve().parents[3] / "ttrl_fast/kernels/triton/advantages.py"
-_spec = importlib.util.spec_from_file_location("_ttrl_test_triton_advantages", _PATH)
-tadv = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tadv)
+tadv = load_kernel_module("advantages")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = dict(rtol=1e-5, atol=1e-5)

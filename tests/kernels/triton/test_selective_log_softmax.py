@@ -12,20 +12,15 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import importlib.util  # noqa: E402
 import itertools  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from . import load_kernel_module  # noqa: E402
+
 pytest.importorskip("triton")
 
-# Loaded by path under a private name: a fresh module whose kernels are decorated now, with the
-# interpreter setting above, independent of what the ttrl_fast package imports.
-_PATH = Path(__file__).resolve().parents[3] / "ttrl_fast/kernels/triton/selective_log_softmax.py"
-_spec = importlib.util.spec_from_file_location("_ttrl_test_triton_sls", _PATH)
-sls = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sls)
+sls = load_kernel_module("selective_log_softmax")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = dict(rtol=1e-5, atol=1e-5)
