@@ -98,3 +98,21 @@ def test_bench_grpo_loss_quick_writes_csv(tmp_path: Path) -> None:
     for r in rows:
         assert r["op"] == "grpo_loss" and r["mode"] == "full" and r["shape"] == "32x1000"
         assert float(r["p50_ms"]) > 0
+
+
+def test_bench_fused_linear_quick_runs(tmp_path: Path) -> None:
+    out_csv = tmp_path / "fl.csv"
+    proc = subprocess.run(
+        [sys.executable, "bench/bench_fused_linear.py", "--shapes", "quick", "--dtype", "fp32", "--level", "token",
+         "--providers", "eager,ttrl_fast", "--csv", str(out_csv)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "ERROR" not in proc.stdout, log[-4000:]  # every memory subprocess reported
+    with out_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["provider"] for r in rows} == {"eager", "ttrl_fast"}, log[-4000:]
+    for r in rows:
+        assert r["op"] == "fused_linear_grpo" and float(r["p50_ms"]) > 0
+        assert float(r["peak_extra_mb"]) == float(r["peak_extra_mb"])  # measured (not NaN)
