@@ -25,7 +25,7 @@ def check_integer(name: str, value: Tensor) -> Tensor:
     return value
 
 
-def check_positive_finite(name: str, value) -> float:
+def check_positive_finite(name: str, value, *, allow_zero: bool = False) -> float:
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
@@ -34,8 +34,8 @@ def check_positive_finite(name: str, value) -> float:
         out = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
-    if not math.isfinite(out) or out <= 0:
-        raise ValueError(f"{name} must be finite and > 0, got {out}")
+    if not math.isfinite(out) or out < 0 or (out == 0 and not allow_zero):
+        raise ValueError(f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}, got {out}")
     return out
 
 

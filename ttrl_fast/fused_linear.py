@@ -9,11 +9,15 @@ computes no dW.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 
 from ttrl_fast import _validation as v
 from ttrl_fast import backends
+from ttrl_fast.losses import _as_float_rows, _metrics, policy_loss, policy_loss_params
+from ttrl_fast.reference.policy_loss import LOSS_TYPES, aggregation_weights
 
 # Default tokens per chunk: an fp32 tile of at most 32 MiB (plus its gradient tile). Bigger chunks
 # cost memory; smaller ones re-read and re-write the fp32 dW accumulator once more per chunk.
@@ -236,9 +240,6 @@ class _FusedLinearGRPO(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, valid, mask_f, inputs, cfg):
-        from ttrl_fast.losses import _metrics
-        from ttrl_fast.reference.policy_loss import aggregation_weights
-
         batch, length, temperature, chunk, backend, iparams, fparams, loss_type, knobs, out = cfg
         old, adv, ref, ratio = inputs
         sls = backends.select("selective_log_softmax", hidden.device, torch.float32, backend)
@@ -347,6 +348,12 @@ def _sequence_stats(token_stats: Tensor, mask_f: Tensor, entropy: Tensor, batch:
     return out
 
 
+# policy_loss's hyperparameters and their defaults (its tensor inputs and backend are passed apart).
+_LOSS_DEFAULTS = {name: p.default for name, p in inspect.signature(policy_loss).parameters.items()
+                  if p.kind is inspect.Parameter.KEYWORD_ONLY
+                  and name not in ("ref_logp", "rollout_is_ratio", "entropy", "backend")}
+
+
 def fused_linear_grpo_loss(
     hidden: Tensor,
     weight: Tensor,
@@ -369,8 +376,6 @@ def fused_linear_grpo_loss(
     policy_loss keywords (loss_type, beta, epsilon_*, delta, importance_sampling_level,
     use_bias_correction_kl, kl_estimator, entropy_coef, max_completion_length, num_items_in_batch,
     sapo_*, vespo_*)."""
-    from ttrl_fast.losses import _as_float_rows, policy_loss_params
-
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [B, T, H], got {tuple(hidden.shape)}")
     batch, length = hidden.shape[:2]
@@ -381,11 +386,7 @@ def fused_linear_grpo_loss(
     mask_f = mask.detach().float().contiguous()
     targets = torch.where(mask != 0, completion_ids, torch.full_like(completion_ids, -100))
     hidden2d, flat, valid, chunk, _ = prepare(hidden, weight, targets, bias, temperature, -100, chunk_size)
-    knobs = dict(loss_type="dapo", importance_sampling_level="token", epsilon_low=0.2, epsilon_high=None, delta=None,
-                 beta=0.0, kl_estimator="k3", use_bias_correction_kl=False, entropy_coef=0.0,
-                 max_completion_length=None, num_items_in_batch=None, sapo_temperature_pos=1.0,
-                 sapo_temperature_neg=1.05, vespo_k_pos=2.0, vespo_lambda_pos=3.0, vespo_k_neg=3.0,
-                 vespo_lambda_neg=2.0)
+    knobs = dict(_LOSS_DEFAULTS)
     unknown = set(loss_kwargs) - set(knobs)
     if unknown:
         raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
@@ -394,8 +395,6 @@ def fused_linear_grpo_loss(
         knobs["epsilon_high"] = knobs["epsilon_low"]
     if knobs["beta"] != 0.0 and ref_logp is None:
         raise ValueError("ref_logp [B, T] is required when beta != 0")
-    from ttrl_fast.reference.policy_loss import LOSS_TYPES
-
     if knobs["loss_type"] not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {knobs['loss_type']!r}")
     adv = _as_float_rows("advantages", advantages, shape, allow_cols_one=True)

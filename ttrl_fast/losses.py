@@ -31,16 +31,6 @@ def _as_float_rows(name: str, x, shape: tuple[int, int], *, allow_cols_one: bool
     return x.detach().float().contiguous()
 
 
-def _positive(name: str, value, *, allow_zero: bool = False) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
-    if not (out > 0 or (allow_zero and out == 0)) or out != out or out == float("inf"):
-        raise ValueError(f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}, got {out}")
-    return out
-
-
 def policy_loss(
     logp: Tensor,
     old_logp: Tensor | None,
@@ -108,8 +98,8 @@ def policy_loss(
         raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}")
     if kl_estimator not in KL_ESTIMATORS:
         raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
-    eps_low = _positive("epsilon_low", epsilon_low, allow_zero=True)
-    eps_high = eps_low if epsilon_high is None else _positive("epsilon_high", epsilon_high, allow_zero=True)
+    eps_low = v.check_positive_finite("epsilon_low", epsilon_low, allow_zero=True)
+    eps_high = eps_low if epsilon_high is None else v.check_positive_finite("epsilon_high", epsilon_high, allow_zero=True)
     beta = float(beta)
     if beta != 0.0 and ref_logp is None:
         raise ValueError("ref_logp [B, T] is required when beta != 0")
