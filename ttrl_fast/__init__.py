@@ -11,6 +11,7 @@ from ttrl_fast.fused_linear import fused_linear_grpo_loss, fused_linear_logprobs
 from ttrl_fast.losses import grpo_loss, policy_loss
 from ttrl_fast.metrics import Metrics
 from ttrl_fast.modules import FusedLinearGRPOLoss
+from ttrl_fast.sampler import RolloutBatch, RolloutSampler, SamplingParams, sample_tokens
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,9 @@ __all__ = [
     "BackendUnavailableError",
     "FusedLinearGRPOLoss",
     "Metrics",
+    "RolloutBatch",
+    "RolloutSampler",
+    "SamplingParams",
     "available_backends",
     "empty_cache",
     "fused_linear_grpo_loss",
@@ -25,6 +29,7 @@ __all__ = [
     "group_advantages",
     "grpo_loss",
     "policy_loss",
+    "sample_tokens",
     "selective_log_softmax",
     "use_backend",
     "__version__",

@@ -66,6 +66,13 @@ _REGISTRY: dict[str, dict[str, tuple[str, str, str | None]]] = {
         "triton": ("ttrl_fast.kernels.triton.advantages", "group_advantages_fwd", None),
         "cuda": ("ttrl_fast.kernels.cuda", "group_advantages_fwd", None),
     },
+    # One decode step of the rollout sampler: no gradient.
+    "sample_tokens": {
+        "reference": ("ttrl_fast.reference.sampling", "sample_tokens_fwd", None),
+        "cpp": ("ttrl_fast.kernels.cpp", "sample_tokens_fwd", None),
+        "triton": ("ttrl_fast.kernels.triton.sampling", "sample_tokens_fwd", None),
+        "cuda": ("ttrl_fast.kernels.cuda", "sample_tokens_fwd", None),
+    },
 }
 
 

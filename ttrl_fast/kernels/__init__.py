@@ -57,4 +57,18 @@ Raw contract of ``group_advantages``::
         offsets    [G + 1] int64
         mode       0 group, 1 batch (divides by batch_std), 2 none, 3 rloo
         advantages [N] float32;  group_stats [G, 3] float32: (count, mean, std)
+
+Raw contract of ``sample_tokens`` (one decode step of the rollout sampler; math and tie rules in
+ttrl_fast/reference/sampling.py, whose float64 evaluation is the oracle)::
+
+    fwd(logits, row_keys, step, seen, ban_ids, iparams, fparams)
+        -> (tokens, logp_raw, logp_processed, log_kept)
+        logits    [R, V] float32/bfloat16/float16, logits.stride(-1) == 1 (rows may be strided)
+        row_keys  [R] int64 contiguous, values in [0, 2^32): the per-row noise key
+        step      Python int >= 0: the decode step (mixed into the noise)
+        seen      [R, V] bool contiguous or None: tokens already in the row (repetition penalty)
+        ban_ids   [S] int64 contiguous in [0, V), or None: ids that cannot be drawn this step
+        iparams   2 ints:   greedy (0/1), top_k (0 = off)
+        fparams   4 floats: inv_temperature, top_p (1 = off), min_p (0 = off), repetition_penalty (1 = off)
+        tokens    [R] int64;  logp_raw, logp_processed, log_kept  [R] float32
 """
