@@ -188,3 +188,19 @@ def test_eager_attention_model():
         prompt = PROMPTS[int(batch.group_index[row])]
         torch.testing.assert_close(batch.logprobs[row, :len(completion)].double(),
                                    teacher_forced(model, prompt, completion, 1.0), rtol=0, atol=1e-5)
+
+
+def test_equal_length_prompts_run_unmasked_and_exact():
+    model = tiny_model("qwen2")
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12]]
+    sampler = RolloutSampler(model, max_rows=8, max_seq_len=24, eos_token_ids=list(range(30, 40)))
+    batch = sampler.generate(prompts, SamplingParams(n=4, max_tokens=12, seed=4))
+    assert not sampler._masked
+    for row, completion in enumerate(batch.completions()):
+        prompt = prompts[int(batch.group_index[row])]
+        torch.testing.assert_close(batch.logprobs[row, :len(completion)].double(),
+                                   teacher_forced(model, prompt, completion, 1.0), rtol=0, atol=1e-5)
+    hf = model.generate(torch.tensor(prompts), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    greedy = RolloutSampler(model, max_rows=8, max_seq_len=24, eos_token_ids=[]).generate(
+        prompts, SamplingParams(n=1, max_tokens=12, temperature=0))
+    assert torch.equal(greedy.completion_ids, hf[:, 4:])

@@ -80,7 +80,9 @@ def repetition_penalty(x: Tensor, seen: Tensor | None, penalty: float) -> Tensor
 def keep_mask(z: Tensor, top_k: int, top_p: float, min_p: float) -> Tensor:
     """[R, V] bool: the tokens that survive top-k, then top-p, then min-p (rules in the docstring)."""
     rows, vocab = z.shape
-    keep = torch.isfinite(z) | (z == math.inf)
+    keep = z > -math.inf
+    if not (0 < top_k < vocab or top_p < 1.0 or min_p > 0.0):
+        return keep
     order = torch.argsort(z, dim=-1, descending=True, stable=True)
     zs = torch.gather(z, -1, order)
     if 0 < top_k < vocab:

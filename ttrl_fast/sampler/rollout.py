@@ -127,6 +127,7 @@ class RolloutSampler:
         self.cache = RolloutCache(config.num_hidden_layers, max_rows, max_seq_len)
         self.vocab_size = int(config.vocab_size)
         self._valid: Tensor | None = None  # [max_rows, max_seq_len] bool: key positions that are not padding
+        self._masked = True  # False while the current chunk has no padding
 
     # ------------------------------------------------------------------ public
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None) -> RolloutBatch:
@@ -180,6 +181,8 @@ class RolloutSampler:
             valid[b, padded - len(prompt):padded] = True
         positions = (valid[:prompt_count, :padded].cumsum(-1) - 1).clamp_(min=0)
 
+        # without padding every key is visible: no mask at all (SDPA's causal / unmasked fast paths)
+        self._masked = bool((lengths != padded).any())
         self.cache.reset()
         logits = self._forward(ids, self._prefill_mask(valid[:prompt_count, :padded]), positions, last_only=True)
         self.cache.advance(padded)
@@ -227,7 +230,7 @@ class RolloutSampler:
             logits = self._forward(tokens[:, None], mask, (positions + step)[:, None], last_only=False)
             self.cache.advance(1)
 
-    def _forward(self, ids: Tensor, mask: Tensor, positions: Tensor, *, last_only: bool) -> Tensor:
+    def _forward(self, ids: Tensor, mask: Tensor | None, positions: Tensor, *, last_only: bool) -> Tensor:
         """Next-token logits [rows, V] (last position only)."""
         kwargs = {"logits_to_keep": 1} if last_only else {}
         output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
@@ -247,7 +250,9 @@ class RolloutSampler:
                 ~allowed, torch.finfo(dtype).min)
         return allowed  # SDPA: bool, True = attend
 
-    def _prefill_mask(self, valid: Tensor) -> Tensor:
+    def _prefill_mask(self, valid: Tensor) -> Tensor | None:
+        if not self._masked:
+            return None
         if self._attention_kind() not in ("sdpa", "eager"):
             return valid.long()  # other kernels (flash) build their own mask from the 2D one
         length = valid.shape[1]
@@ -258,7 +263,9 @@ class RolloutSampler:
         allowed |= torch.eye(length, dtype=torch.bool, device=valid.device)[None]
         return self._as_model_mask(allowed[:, None])
 
-    def _decode_mask(self, valid: Tensor) -> Tensor:
+    def _decode_mask(self, valid: Tensor) -> Tensor | None:
+        if not self._masked:
+            return None
         if self._attention_kind() not in ("sdpa", "eager"):
             return valid.long()
         return self._as_model_mask(valid[:, None, None, :])
