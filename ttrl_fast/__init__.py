@@ -12,10 +12,24 @@ from ttrl_fast.losses import grpo_loss, policy_loss
 from ttrl_fast.metrics import Metrics
 from ttrl_fast.modules import FusedLinearGRPOLoss
 from ttrl_fast.sampler import RolloutBatch, RolloutSampler, SamplingParams, sample_tokens
+from ttrl_fast.grpo import GRPOConfig, GRPOTrainer, LoraSettings
+from ttrl_fast.policy import HFCausalLMPolicy, Policy
+from ttrl_fast.tta import AdaptConfig, DivergenceGuard, Prompt, RewardBatch, Rollouts, TestTimeAdapter
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptConfig",
+    "DivergenceGuard",
+    "GRPOConfig",
+    "GRPOTrainer",
+    "HFCausalLMPolicy",
+    "LoraSettings",
+    "Policy",
+    "Prompt",
+    "RewardBatch",
+    "Rollouts",
+    "TestTimeAdapter",
     "BackendUnavailableError",
     "FusedLinearGRPOLoss",
     "Metrics",

@@ -133,7 +133,6 @@ class GRPOTrainer:
             "frac_zero_std_groups": float(stats["frac_zero_std"]),
             "completion_length": float(mask.sum(-1).float().mean()),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "step": float(self.step_count),
         })
         return out
 

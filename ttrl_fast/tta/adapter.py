@@ -1,0 +1,290 @@
+"""`TestTimeAdapter`: the self-monitoring adaptation cycle over a stream of unlabeled test prompts.
+
+    for each step (episodes over the stream, `prompts_per_step` prompts at a time):
+        1 monitoring plan   monitor.prepare(prompts)            e.g. the rubric of each prompt (cached)
+        2 generation        G rollouts per prompt
+        3 self-monitoring   rewards = monitor.score(rollouts)   the model's own understanding
+        4 serve             best-of-G by the monitor, or the consensus answer (once per prompt)
+        5 control           GRPO update (μ epochs)
+        log the step; the divergence guard may roll back; stop on max_steps or a reward plateau
+
+reset="never" lets capability accumulate over the stream (Meta-TTRL, TTRL); "per_prompt" restores the
+initial weights before each prompt (instance-level test-time training, E steps per prompt);
+"per_episode" before each pass. With run_dir every step is durable: metrics.jsonl, served.jsonl and a
+checkpoint (trainable weights in safetensors, optimizer and counters) are written after each step, and
+`run(..., resume=True)` continues after a crash with no prompt lost or served twice.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+
+from ttrl_fast.tta.guard import DivergenceGuard
+from ttrl_fast.tta.types import Prompt, RewardBatch, Rollouts
+
+if TYPE_CHECKING:  # the trainer imports the tta types
+    from ttrl_fast.grpo.trainer import GRPOTrainer
+
+RESETS = ("never", "per_prompt", "per_episode")
+SERVES = ("best", "consensus", "first")
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """How the stream is walked. See the module docstring."""
+
+    prompts_per_step: int = 1
+    episodes: int = 1
+    reset: str = "never"
+    serve: str = "best"
+    max_steps: int | None = None
+    plateau_patience: int | None = None
+    plateau_delta: float = 0.01
+    shuffle: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("prompts_per_step", "episodes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"AdaptConfig.{name} must be a positive int, got {value!r}")
+        for name in ("max_steps", "plateau_patience"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"AdaptConfig.{name} must be a positive int or None, got {value!r}")
+        if self.reset not in RESETS:
+            raise ValueError(f"AdaptConfig.reset must be one of {RESETS}, got {self.reset!r}")
+        if self.serve not in SERVES:
+            raise ValueError(f"AdaptConfig.serve must be one of {SERVES}, got {self.serve!r}")
+        if self.reset == "per_prompt" and self.prompts_per_step != 1:
+            raise ValueError("AdaptConfig.reset='per_prompt' adapts on one prompt at a time: prompts_per_step must be 1")
+
+
+@dataclass
+class AdaptReport:
+    steps: int = 0
+    served: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    stopped: str = "stream_end"
+
+
+def _plan(prompts: Sequence[Prompt], config: AdaptConfig) -> list[tuple[int, list[int], bool]]:
+    """(episode, prompt indices, serve?) per step, in stream order (deterministic given the seed)."""
+    steps = []
+    n = len(prompts)
+    if config.reset == "per_prompt":
+        for i in range(n):
+            for episode in range(config.episodes):
+                steps.append((episode, [i], episode == 0))
+        return steps
+    rng = random.Random(config.seed)
+    for episode in range(config.episodes):
+        order = list(range(n))
+        if config.shuffle:
+            rng.shuffle(order)
+        for first in range(0, n, config.prompts_per_step):
+            steps.append((episode, order[first:first + config.prompts_per_step], episode == 0))
+    return steps
+
+
+class TestTimeAdapter:
+    """Runs the cycle with a GRPOTrainer (its policy and config) and a monitor.
+
+    Args:
+        trainer: the GRPO trainer (policy, config, optimizer).
+        monitor: reward source with score(rollouts) -> RewardBatch (and optionally prepare(prompts)).
+        config: AdaptConfig.
+        guard: a DivergenceGuard, or None.
+        run_dir: directory for metrics.jsonl, served.jsonl and the checkpoint (None: nothing written).
+        extract: answer extractor for serve="consensus" (output -> hashable answer or None).
+        on_step: callback(record) after each step (progress bars, custom logging).
+    """
+
+    __test__ = False  # not a pytest class despite the name
+
+    def __init__(self, trainer: "GRPOTrainer", monitor, *, config: AdaptConfig | None = None,
+                 guard: DivergenceGuard | None = None, run_dir: str | os.PathLike | None = None,
+                 extract: Callable | None = None, on_step: Callable[[dict], None] | None = None):
+        self.trainer, self.monitor = trainer, monitor
+        self.config = config or AdaptConfig()
+        if self.config.serve == "consensus" and extract is None:
+            raise ValueError("serve='consensus' needs extract= (output -> answer)")
+        self.guard, self.extract, self.on_step = guard, extract, on_step
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self._initial = None
+
+    # ------------------------------------------------------------------ the cycle
+    def run(self, prompts: Sequence[Prompt], *, resume: bool = False) -> AdaptReport:
+        prompts = list(prompts)
+        ids = [p.id for p in prompts]
+        if len(set(ids)) != len(ids):
+            raise ValueError("prompt ids must be unique (served outputs and resume are keyed by id)")
+        plan = _plan(prompts, self.config)
+        report = AdaptReport()
+        self._initial = (self.trainer.policy.trainable_state(), self.trainer.optimizer.state_dict())
+        start = self._resume(report, ids) if resume else self._fresh()
+        best, stale = -math.inf, 0
+        for record in report.history:
+            best, stale = self._plateau(record.get("reward_mean", float("nan")), best, stale)
+        for index in range(start, len(plan)):
+            if self.config.max_steps is not None and index >= self.config.max_steps:
+                report.stopped = "max_steps"
+                break
+            if self.config.plateau_patience is not None and stale >= self.config.plateau_patience:
+                report.stopped = "plateau"
+                break
+            episode, members, serve = plan[index]
+            self._maybe_reset(plan, index)
+            batch = [prompts[i] for i in members]
+            if hasattr(self.monitor, "prepare"):
+                self.monitor.prepare(batch)  # 1 monitoring plan (rubrics, cached per prompt)
+            rollouts = self.trainer.rollout(batch)  # 2 generation
+            rewards = self.monitor.score(rollouts)  # 3 self-monitoring
+            served = self._serve(rollouts, rewards, episode) if serve else []  # 4 serve
+            metrics = self.trainer.update(rollouts, rewards)  # 5 control
+            event = self.guard.observe(self.trainer, metrics) if self.guard is not None else None
+            record = {**metrics, "step": index, "episode": episode, "prompt_ids": [p.id for p in batch]}
+            if event:
+                record["guard"] = event
+            report.history.append(record)
+            report.served.extend(served)
+            report.steps = index + 1
+            self._persist(index + 1, record, served)
+            best, stale = self._plateau(metrics.get("reward_mean", float("nan")), best, stale)
+            if self.on_step is not None:
+                self.on_step(record)
+        return report
+
+    def _plateau(self, reward: float, best: float, stale: int) -> tuple[float, int]:
+        if math.isfinite(reward) and reward > best + self.config.plateau_delta:
+            return reward, 0
+        return best, stale + 1
+
+    def _maybe_reset(self, plan, index: int) -> None:
+        reset = self.config.reset
+        if index == 0 or reset == "never":
+            return
+        previous, current = plan[index - 1], plan[index]
+        if (reset == "per_prompt" and previous[1] != current[1]) or (reset == "per_episode"
+                                                                      and previous[0] != current[0]):
+            weights, optimizer = self._initial
+            self.trainer.policy.load_trainable_state(weights)
+            self.trainer.optimizer.load_state_dict(optimizer)
+            self.trainer.lr_scale = 1.0
+
+    # ------------------------------------------------------------------ serving
+    def _serve(self, rollouts: Rollouts, rewards: RewardBatch, episode: int) -> list[dict]:
+        group = rollouts.group_size
+        values = rewards.rewards
+        served = []
+        for b, prompt in enumerate(rollouts.prompts):
+            rows = list(range(b * group, (b + 1) * group))
+            if self.config.serve == "first":
+                pick = rows[0]
+            elif self.config.serve == "best":
+                scores = [(-math.inf if math.isnan(float(values[r])) else float(values[r])) for r in rows]
+                pick = rows[max(range(group), key=lambda g: (scores[g], -g))]
+            else:
+                answers = [self.extract(rollouts.outputs[r]) for r in rows]
+                counts = Counter(a for a in answers if a is not None)
+                if counts:
+                    top = max(counts.values())
+                    winner = next(a for a in answers if a is not None and counts[a] == top)
+                    pick = rows[answers.index(winner)]
+                else:
+                    pick = rows[0]
+            output = rollouts.outputs[pick]
+            served.append({"id": prompt.id, "output": output if isinstance(output, (str, int, float, list)) else
+                           repr(output), "reward": float(values[pick]), "sample": pick - rows[0],
+                           "episode": episode})
+        return served
+
+    # ------------------------------------------------------------------ durability
+    def _fresh(self) -> int:
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("metrics.jsonl", "served.jsonl", "state.json"):
+                (self.run_dir / name).unlink(missing_ok=True)
+        return 0
+
+    def _persist(self, steps_done: int, record: dict, served: list[dict]) -> None:
+        if self.run_dir is None:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        with open(self.run_dir / "served.jsonl", "a") as f:
+            for item in served:
+                f.write(json.dumps(item) + "\n")
+        self._checkpoint(steps_done)
+
+    def _checkpoint(self, steps_done: int) -> None:
+        from safetensors.torch import save_file
+
+        tmp = self.run_dir / "checkpoint.tmp"
+        tmp.mkdir(exist_ok=True)
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.trainer.policy.trainable_state().items()}
+        save_file(weights, str(tmp / "adapter.safetensors"))
+        torch.save({"optimizer": self.trainer.optimizer.state_dict(), "step_count": self.trainer.step_count,
+                    "update_count": self.trainer.update_count, "lr_scale": self.trainer.lr_scale,
+                    "guard": None if self.guard is None else self.guard.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, tmp / "trainer.pt")
+        final = self.run_dir / "checkpoint"
+        if final.exists():
+            old = self.run_dir / "checkpoint.old"
+            final.rename(old)
+            tmp.rename(final)
+            for child in old.iterdir():
+                child.unlink()
+            old.rmdir()
+        else:
+            tmp.rename(final)
+        state = {"steps_done": steps_done}
+        with open(self.run_dir / "state.json.tmp", "w") as f:
+            json.dump(state, f)
+        os.replace(self.run_dir / "state.json.tmp", self.run_dir / "state.json")
+
+    def _resume(self, report: AdaptReport, ids: list[str]) -> int:
+        if self.run_dir is None:
+            raise ValueError("resume=True needs run_dir")
+        state_path = self.run_dir / "state.json"
+        if not state_path.exists():
+            return self._fresh()
+        steps_done = json.loads(state_path.read_text())["steps_done"]
+        from safetensors.torch import load_file
+
+        checkpoint = self.run_dir / "checkpoint"
+        if not checkpoint.exists() and (self.run_dir / "checkpoint.old").exists():
+            (self.run_dir / "checkpoint.old").rename(checkpoint)  # crashed between the two renames
+        self.trainer.policy.load_trainable_state(load_file(str(checkpoint / "adapter.safetensors")))
+        saved = torch.load(checkpoint / "trainer.pt", weights_only=False)
+        self.trainer.optimizer.load_state_dict(saved["optimizer"])
+        self.trainer.step_count, self.trainer.update_count = saved["step_count"], saved["update_count"]
+        self.trainer.lr_scale = saved["lr_scale"]
+        if self.guard is not None and saved["guard"] is not None:
+            self.guard.load_state_dict(saved["guard"])
+        torch.set_rng_state(saved["torch_rng"])
+        # keep only what the checkpoint covers: lines written after it are redone, never duplicated
+        history = [json.loads(l) for l in (self.run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        history = [r for r in history if r["step"] < steps_done]
+        done_steps = {r["step"] for r in history}
+        served = []
+        served_path = self.run_dir / "served.jsonl"
+        if served_path.exists():
+            served = [json.loads(l) for l in served_path.read_text().splitlines() if l.strip()]
+        step_of = {pid: r["step"] for r in history for pid in r["prompt_ids"] if r["episode"] == 0}
+        served = [s for s in served if s["id"] in step_of and step_of[s["id"]] in done_steps]
+        unknown = {s["id"] for s in served} - set(ids)
+        if unknown:
+            raise ValueError(f"run_dir {self.run_dir} was made with other prompts (e.g. {sorted(unknown)[:3]})")
+        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        served_path.write_text("".join(json.dumps(s) + "\n" for s in served))
+        report.history, report.served, report.steps = history, served, steps_done
+        return steps_done
