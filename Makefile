@@ -14,6 +14,8 @@ build/.installed: $(SOURCES)
 	$(PIP) install -q ninja pytest pytest-xdist expecttest
 	# parity targets of the tests (TRL's own loss code, Liger's kernels under the Triton interpreter)
 	$(PIP) install -q trl==1.16.0 liger-kernel==0.8.5
+	# the GRPO loop: LoRA adapters (reference policy = adapter off), checkpoints, progress bars
+	$(PIP) install -q peft==0.21.2 safetensors tqdm
 	mkdir -p build
 	@echo "building ttrl_fast extensions (log: build/build.log; the CUDA one takes a few minutes)"
 	TTRL_FAST_BUILD_EXT=1 $(PIP) install -v --no-build-isolation -e . > build/build.log 2>&1 \

@@ -1,5 +1,6 @@
 """Tiny random text models with a character tokenizer, and a counting monitor."""
 import copy
+import string
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from ttrl_fast.text import CharTokenizer
 from ttrl_fast.tta.types import Prompt, RewardBatch
 
-TOKENIZER = CharTokenizer("abcdefghijklmnopqrstuvwxyz ?|:.0123456789\n")
+TOKENIZER = CharTokenizer(string.printable)
 
 
 def tiny_lm(kind="llama", seed=0):

@@ -1,0 +1,165 @@
+"""`ttrl-fast`: command-line entry points.
+
+    ttrl-fast adapt --model PATH_OR_ID --prompts FILE.jsonl --monitor rubric|consensus|judge|pairwise|caption
+                    --out DIR [--resume] [--critic frozen_init|live] [--lora-r 8 | --full] ...
+
+Prompts JSONL: one object per line with "prompt" (or "text"), optional "id" (default: the line number)
+and any other fields kept as the prompt's meta (e.g. "rubric": a static rubric). The run directory gets
+metrics.jsonl, served.jsonl (one served output per prompt) and a checkpoint; --resume continues an
+interrupted run. Models load with transformers' Auto classes, without trust_remote_code unless asked.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+MONITORS = ("rubric", "consensus", "judge", "pairwise", "caption")
+
+
+def read_prompts(path: str | Path):
+    from ttrl_fast.tta.types import Prompt
+
+    prompts = []
+    for number, line in enumerate(Path(path).read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"{path}:{number + 1}: not JSON ({exc.msg})") from None
+        text = item.pop("prompt", None) or item.pop("text", None)
+        if not isinstance(text, str) or not text:
+            raise SystemExit(f"{path}:{number + 1}: needs a non-empty \"prompt\" (or \"text\") string")
+        prompts.append(Prompt(id=str(item.pop("id", number)), text=text, meta=item))
+    if not prompts:
+        raise SystemExit(f"{path}: no prompts")
+    return prompts
+
+
+def extract_answer(output: str) -> str | None:
+    """Final answer of a text output: \\boxed{...} if present, else the last number, else the last line."""
+    boxed = re.findall(r"\\boxed\{([^{}]*)\}", output)
+    if boxed:
+        return boxed[-1].strip()
+    numbers = re.findall(r"-?\d+(?:\.\d+)?", output)
+    if numbers:
+        return numbers[-1]
+    lines = [l.strip() for l in output.strip().splitlines() if l.strip()]
+    return lines[-1] if lines else None
+
+
+def build_monitor(kind: str, critic, prompts):
+    from ttrl_fast import monitors as M
+
+    if kind == "rubric":
+        static = all("rubric" in p.meta for p in prompts)
+        return M.RubricVQA(critic, M.StaticRubric() if static else M.SelfRubric(critic))
+    if kind == "consensus":
+        return M.Consensus(extract_answer, mode="majority")
+    if kind == "judge":
+        return M.JudgeScore(critic)
+    if kind == "pairwise":  # SEER: beat the initial model's greedy answer
+        return M.PairwiseVsBaseline(critic, lambda prompt: critic.generate_text([prompt.text])[0])
+    return M.CaptionLikelihood(critic)
+
+
+def adapt(args) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ttrl_fast.grpo import GRPOConfig, GRPOTrainer, LoraSettings
+    from ttrl_fast.policy import HFCausalLMPolicy
+    from ttrl_fast.tta import AdaptConfig, DivergenceGuard, TestTimeAdapter
+
+    torch.manual_seed(args.seed)
+    prompts = read_prompts(args.prompts)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code, dtype=dtype)
+    lora = None if args.full else LoraSettings(r=args.lora_r, alpha=2.0 * args.lora_r)
+    config = GRPOConfig(group_size=args.group_size, learning_rate=args.lr, beta=args.beta, ppo_epochs=args.ppo_epochs,
+                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                        lora=lora, seed=args.seed)
+    policy = HFCausalLMPolicy(model, tokenizer, lora=lora, max_rows=max(args.group_size * args.prompts_per_step, 1),
+                              max_seq_len=args.max_seq_len)
+    critic = policy.critic(args.critic)
+    monitor = build_monitor(args.monitor, critic, prompts)
+    trainer = GRPOTrainer(policy, config, monitor=monitor)
+    adapt_config = AdaptConfig(prompts_per_step=args.prompts_per_step, episodes=args.episodes, reset=args.reset,
+                               serve="consensus" if args.monitor == "consensus" else "best",
+                               max_steps=args.max_steps, plateau_patience=args.plateau_patience, seed=args.seed)
+    total = len(prompts) * args.episodes // args.prompts_per_step + 1
+    bar = _progress(total, args.no_progress)
+
+    def on_step(record):
+        bar.update(1)
+        bar.set_postfix(reward=f"{record.get('reward_mean', float('nan')):.3f}", kl=f"{record.get('kl', 0.0):.4f}")
+
+    adapter = TestTimeAdapter(trainer, monitor, config=adapt_config, run_dir=args.out,
+                              guard=DivergenceGuard() if args.guard else None,
+                              extract=extract_answer if args.monitor == "consensus" else None, on_step=on_step)
+    report = adapter.run(prompts, resume=args.resume)
+    bar.close()
+    print(f"{report.steps} steps ({report.stopped}); {len(report.served)} prompts served -> {args.out}")
+    return 0
+
+
+def _progress(total: int, disabled: bool):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, disable=disabled, unit="step")
+    except ImportError:  # pragma: no cover - tqdm comes with transformers
+        class _Null:
+            def update(self, n): ...
+            def set_postfix(self, **kw): ...
+            def close(self): ...
+
+        return _Null()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ttrl-fast", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("adapt", help="self-monitoring test-time RL on a stream of prompts")
+    a.add_argument("--model", required=True, help="local path or hub id of a causal LM")
+    a.add_argument("--prompts", required=True, help="JSONL file, one {\"prompt\": ...} per line")
+    a.add_argument("--monitor", required=True, choices=MONITORS)
+    a.add_argument("--out", required=True, help="run directory (metrics, served outputs, checkpoint)")
+    a.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    a.add_argument("--critic", default="frozen_init", choices=("frozen_init", "live"))
+    a.add_argument("--group-size", type=int, default=8)
+    a.add_argument("--prompts-per-step", type=int, default=1)
+    a.add_argument("--episodes", type=int, default=1)
+    a.add_argument("--reset", default="never", choices=("never", "per_prompt", "per_episode"))
+    a.add_argument("--max-steps", type=int, default=None)
+    a.add_argument("--plateau-patience", type=int, default=None)
+    a.add_argument("--lr", type=float, default=1e-5)
+    a.add_argument("--beta", type=float, default=0.04)
+    a.add_argument("--ppo-epochs", type=int, default=1)
+    a.add_argument("--max-new-tokens", type=int, default=256)
+    a.add_argument("--max-seq-len", type=int, default=2048)
+    a.add_argument("--temperature", type=float, default=1.0)
+    a.add_argument("--top-p", type=float, default=1.0)
+    a.add_argument("--lora-r", type=int, default=8)
+    a.add_argument("--full", action="store_true", help="train every weight (default: a LoRA adapter)")
+    a.add_argument("--guard", action="store_true", help="roll back and lower the lr when the reward collapses")
+    a.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--trust-remote-code", action="store_true")
+    a.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "adapt":
+        return adapt(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())
