@@ -204,3 +204,23 @@ def test_equal_length_prompts_run_unmasked_and_exact():
     greedy = RolloutSampler(model, max_rows=8, max_seq_len=24, eos_token_ids=[]).generate(
         prompts, SamplingParams(n=1, max_tokens=12, temperature=0))
     assert torch.equal(greedy.completion_ids, hf[:, 4:])
+
+
+def test_allowed_token_ids_restrict_draws_not_the_raw_logprob():
+    model = tiny_model()
+    allowed = list(range(40, 53))
+    sampler = RolloutSampler(model, max_rows=8, max_seq_len=40, eos_token_ids=[3])
+    batch = sampler.generate(PROMPTS[:2], SamplingParams(n=4, max_tokens=16, seed=1, allowed_token_ids=allowed))
+    assert set(batch.completion_ids.flatten().tolist()) <= set(allowed)
+    assert batch.finish_reason == ["length"] * 8  # eos is not allowed: rows run to max_tokens
+    for row, completion in enumerate(batch.completions()):
+        prompt = PROMPTS[int(batch.group_index[row])]
+        torch.testing.assert_close(batch.logprobs[row, :len(completion)].double(),
+                                   teacher_forced(model, prompt, completion, 1.0), rtol=0, atol=1e-5)
+    # the processed distribution renormalises over the allowed ids (a ban is not truncation: log_kept_mass
+    # stays 0, as in the spec)
+    assert (batch.processed_logprobs > batch.logprobs + 1e-3).all()
+    with pytest.raises(ValueError, match="allowed_token_ids"):
+        sampler.generate(PROMPTS[:1], SamplingParams(allowed_token_ids=[VOCAB]))
+    with pytest.raises(ValueError, match="allowed_token_ids"):
+        SamplingParams(allowed_token_ids=[])

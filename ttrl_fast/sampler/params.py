@@ -23,6 +23,8 @@ class SamplingParams:
         repetition_penalty: HF/vLLM multiplicative penalty on tokens of the prompt and completion; 1 = off.
         stop_token_ids: extra stop ids, merged with the sampler's EOS ids unless ignore_eos.
         ignore_eos: do not stop on the EOS ids (stop_token_ids still stop).
+        allowed_token_ids: when given, only these ids can be drawn (vLLM's name; e.g. image tokens of a
+            unified model). The raw log-prob still normalises over the full vocabulary.
         seed: noise key; None draws a fresh random seed per call. Same seed -> same tokens for the same
             prompt and sample index, whatever the batch order or chunking.
         logprobs: "raw" = log_softmax(logits / T) over the full vocabulary at the sampled token (what
@@ -40,6 +42,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     stop_token_ids: Sequence[int] = field(default_factory=tuple)
     ignore_eos: bool = False
+    allowed_token_ids: Sequence[int] | None = None
     seed: int | None = None
     logprobs: Literal["raw", "processed", "both"] = "raw"
 
@@ -70,6 +73,12 @@ class SamplingParams:
         if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in stops):
             raise ValueError(f"SamplingParams.stop_token_ids must be non-negative ints, got {self.stop_token_ids!r}")
         object.__setattr__(self, "stop_token_ids", stops)
+        if self.allowed_token_ids is not None:
+            allowed = tuple(self.allowed_token_ids)
+            if not allowed or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in allowed):
+                raise ValueError(f"SamplingParams.allowed_token_ids must be a non-empty list of non-negative ints, "
+                                 f"got {self.allowed_token_ids!r}")
+            object.__setattr__(self, "allowed_token_ids", allowed)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"SamplingParams.seed must be an int or None, got {self.seed!r}")
         if self.logprobs not in LOGPROB_MODES:
@@ -82,7 +91,8 @@ class SamplingParams:
     @property
     def truncates(self) -> bool:
         """True when top-k / top-p / min-p can cut the support (processed != raw)."""
-        return not self.greedy and (self.top_k > 0 or self.top_p < 1 or self.min_p > 0)
+        return self.allowed_token_ids is not None or (
+            not self.greedy and (self.top_k > 0 or self.top_p < 1 or self.min_p > 0))
 
     @classmethod
     def from_hf(cls, *, num_return_sequences: int = 1, max_new_tokens: int = 16, min_new_tokens: int = 0,

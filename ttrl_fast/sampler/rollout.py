@@ -137,6 +137,9 @@ class RolloutSampler:
             raise TypeError(f"params must be a ttrl_fast.SamplingParams, got {type(params).__name__}")
         prompts = self._check_prompts(prompts, params)
         group = params.n
+        if params.allowed_token_ids is not None and max(params.allowed_token_ids) >= self.vocab_size:
+            raise ValueError(f"SamplingParams.allowed_token_ids must be < vocab_size={self.vocab_size}, "
+                             f"got {max(params.allowed_token_ids)}")
         if group > self.max_rows:
             raise ValueError(f"SamplingParams.n={group} exceeds max_rows={self.max_rows}: a group never splits")
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2 ** 62, ()).item())
@@ -194,12 +197,22 @@ class RolloutSampler:
         positions = lengths.repeat_interleave(group)  # position of the next token fed, per row
         alive = torch.ones(rows, dtype=torch.bool, device=device)
         stop_ids = torch.tensor(stops, dtype=torch.int64, device=device) if stops else None
+        vocab = logits.shape[-1]
+        banned = None  # ids outside allowed_token_ids: never drawn (the raw log-prob ignores the ban)
+        if params.allowed_token_ids is not None:
+            allowed = torch.zeros(vocab, dtype=torch.bool, device=device)
+            allowed[torch.tensor([t for t in params.allowed_token_ids if t < vocab], dtype=torch.int64,
+                                 device=device)] = True
+            banned = (~allowed).nonzero().squeeze(1)
+            if stop_ids is not None and not allowed[stop_ids].any():
+                stop_ids = None  # no stop id can ever be drawn
+        early_ban = banned if stop_ids is None else (stop_ids if banned is None else torch.cat([banned, stop_ids]))
         seen = self._seen(prompts, group, logits.shape[-1], params, device)
         iparams = [int(params.greedy), params.top_k if 0 < params.top_k < logits.shape[-1] else 0]
         fparams = [1.0 if params.greedy else 1.0 / params.temperature, float(params.top_p), float(params.min_p),
                    float(params.repetition_penalty)]
         for step in range(params.max_tokens):
-            ban = stop_ids if (stop_ids is not None and step < params.min_tokens) else None
+            ban = early_ban if step < params.min_tokens else banned
             tokens, raw, processed, kept = _sampling_op.sample_tokens(
                 logits, keys, step, seen, ban, iparams, fparams, self.backend)
             live = row_index[alive]
