@@ -3,8 +3,9 @@ the [N, V] logits. Tokens are processed in chunks: per chunk one matmul into an 
 rounded to bf16 before the log-sum-exp), then the selective log-softmax kernels of the chosen
 backend. Peak extra memory is O(N + chunk * V + V * H), independent of N * V.
 
-Backward: the tile is recomputed per chunk and dX, dW (fp32 accumulation) and db are accumulated in
-a fixed chunk order, so results are deterministic. A frozen head (weight.requires_grad False, LoRA)
+Backward: the tile is recomputed per chunk and dX, dW (fp32 accumulation; bf16 x bf16 GEMMs into the
+bf16 gradients on the native bf16 CPU path, see _Head) and db are accumulated in a fixed chunk order,
+so results are deterministic. A frozen head (weight.requires_grad False, LoRA)
 computes no dW.
 """
 from __future__ import annotations
@@ -24,32 +25,82 @@ from ttrl_fast.reference.policy_loss import LOSS_TYPES, aggregation_weights
 _TILE_ELEMENTS = 1 << 23
 
 
-def default_chunk_size(vocab: int) -> int:
-    return max(16, min(4096, _TILE_ELEMENTS // max(vocab, 1)))
+def default_chunk_size(vocab: int, *, half: bool = False) -> int:
+    elements = _TILE_ELEMENTS // 2 if half else _TILE_ELEMENTS
+    return max(16, min(4096, elements // max(vocab, 1)))
+
+
+def _native_bf16_gemm(hidden_dtype: torch.dtype, weight: Tensor):
+    """The C++ extension when hidden and weight are bf16 CPU tensors and this CPU has the AVX512-BF16
+    bf16 x bf16 -> fp32 GEMM; else None."""
+    if not (hidden_dtype == weight.dtype == torch.bfloat16 and weight.device.type == "cpu"):
+        return None
+    from ttrl_fast import _ext
+
+    lib = _ext.extension("cpu")
+    return lib if lib is not None and hasattr(lib, "gemm_bf16_nt_f32") and lib.gemm_bf16_has_native() else None
 
 
 class _Head:
-    """The LM head in fp32 (upcast once: CPU BLAS has no bf16 x bf16 -> fp32 GEMM, and a bf16 tile
-    would round the logits before the log-sum-exp)."""
+    """The LM head as the chunk loops use it: the fp32 logits tile of a chunk, and the products of a
+    tile gradient g [c, V] with the weight (dX) and the chunk's hidden states (dW).
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, temperature: float):
-        self.weight = weight.detach().float()  # [V, H]
-        self.bias = None if bias is None else bias.detach().float()  # [V]
+    bf16 hidden and weight on a CPU with AVX512-BF16: the tile comes from our own bf16 x bf16 -> fp32
+    GEMM (the logits are never rounded to bf16), dX and dW from torch's bf16 GEMMs on g rounded to
+    bf16 (as eager bf16 autograd does), dW accumulated in the bf16 weight gradient itself: no fp32 copy
+    of the head or of its gradient. Otherwise the head is upcast to fp32 once (CPU BLAS has no other
+    bf16 x bf16 -> fp32 GEMM) and dX, dW accumulate in fp32.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, temperature: float, hidden_dtype: torch.dtype):
+        self.gemm = _native_bf16_gemm(hidden_dtype, weight)
+        self.weight = weight.detach() if self.gemm is not None else weight.detach().float()  # [V, H]
+        if self.gemm is not None and self.weight.stride(-1) != 1:
+            self.weight = self.weight.contiguous()
+        self.bias = None if bias is None else bias.detach().float().contiguous()  # [V]
         self.inv_t = 1.0 / temperature
+        self.grad_dtype = torch.bfloat16 if self.gemm is not None else torch.float32
         self._buffer: Tensor | None = None  # one tile buffer reused by every chunk (no re-faulting)
+
+    @property
+    def vocab(self) -> int:
+        return self.weight.shape[0]
 
     def tile(self, hidden: Tensor) -> Tensor:
         """[c, H] -> fp32 logits tile viewed as the kernels' [1, c, V] (valid until the next call)."""
-        rows, vocab = hidden.shape[0], self.weight.shape[0]
+        rows = hidden.shape[0]
         if self._buffer is None or self._buffer.shape[0] < rows:
-            self._buffer = torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device)
+            self._buffer = torch.empty(rows, self.vocab, dtype=torch.float32, device=hidden.device)
         out = self._buffer[:rows]
-        h = hidden.float()
-        if self.bias is not None:
-            torch.addmm(self.bias, h, self.weight.t(), out=out)
+        if self.gemm is not None:
+            x = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
+            self.gemm.gemm_bf16_nt_f32(x, self.weight, out, self.bias)
+        elif self.bias is not None:
+            torch.addmm(self.bias, hidden.float(), self.weight.t(), out=out)
         else:
-            torch.mm(h, self.weight.t(), out=out)
+            torch.mm(hidden.float(), self.weight.t(), out=out)
         return out.unsqueeze(0)
+
+    def new_grad_input(self, hidden: Tensor) -> Tensor:
+        return torch.empty_like(hidden, dtype=self.grad_dtype)
+
+    def new_grad_weight(self) -> Tensor:
+        return torch.zeros_like(self.weight, dtype=self.grad_dtype)
+
+    def backprop(self, g: Tensor, hidden: Tensor, dx: Tensor | None, dw: Tensor | None) -> None:
+        """dx = g @ W (this chunk's rows, written in place); dw += g^T @ hidden, in the fixed chunk order
+        (deterministic)."""
+        if self.gemm is not None:
+            g = g.to(torch.bfloat16)
+            if dx is not None:
+                torch.mm(g, self.weight, out=dx)
+            if dw is not None:
+                dw.addmm_(g.t(), hidden)
+            return
+        if dx is not None:
+            torch.mm(g, self.weight, out=dx)
+        if dw is not None:
+            dw.addmm_(g.t(), hidden.float())
 
 
 def _tile_grad(impl, grad_logp, grad_entropy, tile, targets, valid, stats, entropy, inv_t) -> Tensor:
@@ -95,8 +146,8 @@ def chunked_logprob_backward(head: _Head, hidden: Tensor, targets: Tensor, valid
                              impl, need_dx: bool, need_dw: bool, need_db: bool):
     """Phase 3: recompute each tile, d loss / d tile by the backend kernel, then dX, dW, db."""
     n = hidden.shape[0]
-    dx = torch.empty_like(hidden, dtype=torch.float32) if need_dx else None
-    dw = torch.zeros_like(head.weight) if need_dw else None
+    dx = head.new_grad_input(hidden) if need_dx else None
+    dw = head.new_grad_weight() if need_dw else None
     db = torch.zeros(head.weight.shape[0], dtype=torch.float32, device=hidden.device) if need_db else None
     for c0, c1 in _chunks(n, chunk):
         tile = head.tile(hidden[c0:c1])
@@ -104,10 +155,7 @@ def chunked_logprob_backward(head: _Head, hidden: Tensor, targets: Tensor, valid
                        None if grad_entropy is None else grad_entropy[c0:c1].contiguous(), tile, targets[c0:c1],
                        valid[c0:c1], stats[c0:c1].contiguous(),
                        entropy[c0:c1] if grad_entropy is not None else entropy, head.inv_t)  # [c, V] fp32
-        if need_dx:
-            torch.mm(g, head.weight, out=dx[c0:c1])  # [c, H]
-        if need_dw:
-            dw.addmm_(g.t(), hidden[c0:c1].float())  # fixed chunk order: deterministic
+        head.backprop(g, hidden[c0:c1], dx[c0:c1] if need_dx else None, dw)
         if need_db:
             db += g.sum(0)
     return dx, dw, db
@@ -122,7 +170,7 @@ class _FusedLinearLogprobs(torch.autograd.Function):
                 hidden.contiguous(), weight.detach().contiguous(), None if bias is None else bias.detach(), targets,
                 valid, 1.0 / temperature, with_entropy)
         else:
-            head = _Head(weight, bias, temperature)
+            head = _Head(weight, bias, temperature, hidden.dtype)
             logp, entropy, stats = chunked_logprob_forward(head, hidden, targets, valid, with_entropy, chunk, impl)
         ctx.save_for_backward(hidden, weight, bias, targets, valid, stats, entropy)
         ctx.cfg = (temperature, chunk, backend, with_entropy)
@@ -143,7 +191,7 @@ class _FusedLinearLogprobs(torch.autograd.Function):
                 valid, stats, entropy, 1.0 / temperature, need[0], need[1], bias is not None and need[2])
             return (None if dx is None else dx.to(hidden.dtype), None if dw is None else dw.to(weight.dtype),
                     None if db is None else db.to(bias.dtype), None, None, None, None, None, None)
-        head = _Head(weight, bias, temperature)
+        head = _Head(weight, bias, temperature, hidden.dtype)
         dx, dw, db = chunked_logprob_backward(
             head, hidden, targets, valid, stats, entropy,
             None if grad_logp is None else grad_logp.float(),
@@ -178,7 +226,9 @@ def prepare(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None
     valid = flat_targets != ignore_index
     v.check_index_range(flat_targets, valid, weight.shape[0], name="targets")
     hidden2d = hidden.reshape(-1, hidden.shape[-1])
-    chunk = chunk_size or default_chunk_size(weight.shape[0])
+    # the native bf16 path also holds each tile's gradient in bf16: half the fp32 tile keeps the total
+    native_bf16 = _native_bf16_gemm(hidden.dtype, weight) is not None
+    chunk = chunk_size or default_chunk_size(weight.shape[0], half=native_bf16)
     return hidden2d, flat_targets.clamp(min=0).contiguous(), valid.contiguous(), chunk, targets.shape
 
 
@@ -244,7 +294,7 @@ class _FusedLinearGRPO(torch.autograd.Function):
         old, adv, ref, ratio = inputs
         sls = backends.select("selective_log_softmax", hidden.device, torch.float32, backend)
         pl = backends.select("policy_loss", hidden.device, torch.float32, backend)
-        head = _Head(weight, bias, temperature)
+        head = _Head(weight, bias, temperature, hidden.dtype)
         n = hidden.shape[0]
         coef = knobs["entropy_coef"]
         need_entropy = knobs["log_entropy"] or coef != 0.0
@@ -266,8 +316,8 @@ class _FusedLinearGRPO(torch.autograd.Function):
             ones = torch.ones(n, 1, device=hidden.device)
             token_stats = hidden.new_empty(n, 18, dtype=torch.float32)
             entropy = hidden.new_empty(n if need_entropy else 0, dtype=torch.float32)
-            dx = torch.empty_like(hidden, dtype=torch.float32) if need_dx else None
-            dw = torch.zeros_like(head.weight) if need_dw else None
+            dx = head.new_grad_input(hidden) if need_dx else None
+            dw = head.new_grad_weight() if need_dw else None
             db = torch.zeros(head.weight.shape[0], device=hidden.device) if need_db else None
             loss = torch.zeros((), dtype=torch.float64, device=hidden.device)
             for c0, c1 in _chunks(n, chunk):
@@ -283,10 +333,7 @@ class _FusedLinearGRPO(torch.autograd.Function):
                     entropy[sl] = ent
                 g = _tile_grad(sls, g_logp, None if grad_entropy is None else grad_entropy[sl], tile, targets[sl],
                                valid[sl], st, ent, head.inv_t)
-                if need_dx:
-                    torch.mm(g, head.weight, out=dx[sl])
-                if need_dw:
-                    dw.addmm_(g.t(), hidden[sl].float())
+                head.backprop(g, hidden[sl], dx[sl] if need_dx else None, dw)
                 if need_db:
                     db += g.sum(0)
             seq_stats = _sequence_stats(token_stats, mask_f, entropy, batch, length)

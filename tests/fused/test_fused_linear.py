@@ -98,6 +98,61 @@ def test_16bit_inputs_no_worse_than_torch_in_that_dtype():
     assert scaled_error(ours, exact) <= 2 * scaled_error(theirs, exact) + 1e-6
 
 
+@pytest.mark.parametrize("chunk_size", [None, 4])
+@pytest.mark.parametrize("loss", ["logprobs", "grpo"])
+def test_bf16_gradients_no_worse_than_torchs_bf16_autograd(chunk_size, loss):
+    """bf16 hidden and weight (the native bf16 GEMM path on AVX512-BF16 CPUs, several chunks): loss, dX
+    and dW within 2x the error of torch's own bf16 eager composite, both against float64 on the same
+    bf16-rounded inputs."""
+    x, w, b, ids, mask, adv, old, ref = _data(5)
+    xb, wb = x.bfloat16(), w.bfloat16()
+    coef = torch.randn(B, T, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+
+    def run(hidden, weight, fused):
+        hidden = hidden.clone().requires_grad_(True)
+        weight = weight.clone().requires_grad_(True)
+        if fused and loss == "logprobs":
+            value = (ttrl_fast.fused_linear_logprobs(hidden, weight, ids, chunk_size=chunk_size).double() * coef).sum()
+        elif fused:
+            value, _ = ttrl_fast.fused_linear_grpo_loss(hidden, weight, ids, mask, adv.float(), old_logp=old.float(),
+                                                        ref_logp=ref.float(), beta=0.04, chunk_size=chunk_size)
+        else:
+            logits = hidden @ weight.T
+            if hidden.dtype == torch.float64:
+                lp = reference.selective_log_softmax(logits, ids)
+            else:
+                lp = torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+            if loss == "logprobs":
+                value = (lp.double() * coef).sum()
+            else:
+                value, _ = spec_policy_loss(lp.double(), old, adv, mask.double(), ref_logp=ref, beta=0.04,
+                                            loss_type="dapo")
+        value.backward()
+        return value.detach(), hidden.grad, weight.grad
+
+    exact = run(xb.double(), wb.double(), fused=False)
+    ours = run(xb, wb, fused=True)
+    torch_bf16 = run(xb, wb, fused=False)
+    assert ours[1].dtype == ours[2].dtype == torch.bfloat16
+    for got, theirs, want in zip(ours, torch_bf16, exact):
+        assert scaled_error(got, want) <= 2 * scaled_error(theirs, want) + 1e-6
+
+
+def test_bf16_logits_tile_is_never_rounded_to_bf16():
+    from ttrl_fast.fused_linear import _Head, _native_bf16_gemm
+
+    x, w, b, *_ = _data(6)
+    xb, wb = x.reshape(-1, H).bfloat16(), w.bfloat16()
+    head = _Head(wb, b, 1.0, torch.bfloat16)
+    exact = xb.double() @ wb.double().T + b
+    tile = head.tile(xb)[0]
+    assert tile.dtype == torch.float32
+    assert scaled_error(tile, exact) <= 1e-6  # bf16 rounding would be ~4e-3
+    if _native_bf16_gemm(torch.bfloat16, wb) is None:
+        pytest.skip("this CPU has no AVX512-BF16: the fp32-upcast path ran")
+    assert head.weight.dtype == torch.bfloat16  # no fp32 copy of the head on the native path
+
+
 def test_bad_input_names_the_argument():
     x, w, b, ids, *_ = _data()
     with pytest.raises(ValueError, match="hidden"):
