@@ -9,8 +9,10 @@
 #include <string>
 #include <tuple>
 
+#include "gemm_bf16.h"
 #include "large_buffers.h"
 #include "policy_loss.h"
+#include "sampling.h"
 #include "selective_log_softmax.h"
 #include "ttrl_fast/logprob_math.h"
 
@@ -249,6 +251,137 @@ std::tuple<at::Tensor, at::Tensor> group_advantages_fwd(const at::Tensor& reward
   return {adv, stats};
 }
 
+// out[M, N] (fp32) = a[M, K] @ b[N, K]^T (+ bias[N]), bf16 inputs, fp32 accumulation (gemm_bf16.h).
+void gemm_bf16_nt_f32_binding(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out,
+                              const std::optional<at::Tensor>& bias, bool portable) {
+  const auto check_operand = [](const at::Tensor& t, const char* name, at::ScalarType dtype) {
+    TORCH_CHECK(t.device().is_cpu(), "ttrl_fast gemm_bf16: ", name, " must be a CPU tensor, got ", t.device());
+    TORCH_CHECK(t.scalar_type() == dtype, "ttrl_fast gemm_bf16: ", name, " must be ", dtype, ", got ",
+                t.scalar_type());
+    TORCH_CHECK(t.dim() == 2, "ttrl_fast gemm_bf16: ", name, " must be 2-D, got ", t.dim(), "-D ", t.sizes());
+    TORCH_CHECK(t.size(1) <= 1 || t.stride(1) == 1, "ttrl_fast gemm_bf16: ", name,
+                ".stride(1) must be 1 (rows contiguous), got strides ", t.strides());
+    TORCH_CHECK(t.size(0) <= 1 || t.stride(0) >= 0, "ttrl_fast gemm_bf16: ", name,
+                ".stride(0) must be non-negative, got ", t.strides());
+  };
+  check_operand(a, "a", at::kBFloat16);
+  check_operand(b, "b", at::kBFloat16);
+  check_operand(out, "out", at::kFloat);
+  const int64_t M = a.size(0), N = b.size(0), K = a.size(1);
+  TORCH_CHECK(b.size(1) == K, "ttrl_fast gemm_bf16: a and b must share the inner dimension K, got a ",
+              a.sizes(), " and b ", b.sizes());
+  TORCH_CHECK(out.size(0) == M && out.size(1) == N, "ttrl_fast gemm_bf16: out must have shape [", M, ", ", N,
+              "] ([a.size(0), b.size(0)]), got ", out.sizes());
+  TORCH_CHECK(M <= 1 || N == 0 || out.stride(0) >= N, "ttrl_fast gemm_bf16: out rows overlap (stride(0) ",
+              out.stride(0), " < N = ", N, ")");
+  const float* bias_ptr = nullptr;
+  if (bias.has_value()) {
+    const at::Tensor& bv = *bias;
+    TORCH_CHECK(bv.device().is_cpu(), "ttrl_fast gemm_bf16: bias must be a CPU tensor, got ", bv.device());
+    TORCH_CHECK(bv.scalar_type() == at::kFloat, "ttrl_fast gemm_bf16: bias must be float32, got ",
+                bv.scalar_type());
+    TORCH_CHECK(bv.dim() == 1 && bv.size(0) == N && bv.is_contiguous(),
+                "ttrl_fast gemm_bf16: bias must be a contiguous [", N, "] tensor ([b.size(0)]), got ", bv.sizes());
+    bias_ptr = bv.data_ptr<float>();
+  }
+  if (M == 0 || N == 0) return;
+  const auto* a_ptr = reinterpret_cast<const uint16_t*>(a.data_ptr<at::BFloat16>());
+  const auto* b_ptr = reinterpret_cast<const uint16_t*>(b.data_ptr<at::BFloat16>());
+  gemm_bf16_nt_f32(a_ptr, a.stride(0), b_ptr, b.stride(0), out.data_ptr<float>(), out.stride(0), M, N, K, bias_ptr,
+                   portable);
+}
+
+// sample_tokens (raw contract in ttrl_fast/kernels/__init__.py; kernel in sampling_kernel.h).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_fwd(
+    const at::Tensor& logits, const at::Tensor& row_keys, int64_t step, const std::optional<at::Tensor>& seen,
+    const std::optional<at::Tensor>& ban_ids, const std::vector<int64_t>& iparams,
+    const std::vector<double>& fparams) {
+  const char* fn = "ttrl_fast cpp sample_tokens_fwd: ";
+  TORCH_CHECK(logits.device().is_cpu(), fn, "logits must be a CPU tensor, got device ", logits.device());
+  TORCH_CHECK(logits.dim() == 2, fn, "logits must be 2-D [R, V], got shape ", logits.sizes());
+  const DType dtype = dtype_code(logits);
+  const int64_t R = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(V >= 1, fn, "logits must have a non-empty vocabulary (V >= 1), got shape ", logits.sizes());
+  TORCH_CHECK(V <= (int64_t{1} << 31), fn, "vocabulary size V must be <= 2^31, got ", V);
+  TORCH_CHECK(V == 1 || logits.stride(1) == 1, fn, "logits must have stride(-1) == 1 (rows may be strided), got strides ",
+              logits.strides());
+  TORCH_CHECK(R <= 1 || logits.stride(0) >= 0, fn, "logits.stride(0) must be non-negative, got ", logits.strides());
+  TORCH_CHECK(row_keys.device().is_cpu() && row_keys.scalar_type() == at::kLong && row_keys.dim() == 1 &&
+                  row_keys.size(0) == R && row_keys.is_contiguous(),
+              fn, "row_keys must be a contiguous CPU int64 tensor of shape [R] = [", R, "], got ", row_keys.scalar_type(),
+              " ", row_keys.sizes(), " on ", row_keys.device());
+  TORCH_CHECK(step >= 0, fn, "step must be >= 0, got ", step);
+  const bool has_seen = seen.has_value() && seen->defined();
+  if (has_seen) {
+    const at::Tensor& sn = *seen;
+    TORCH_CHECK(sn.device().is_cpu() && sn.scalar_type() == at::kBool && sn.dim() == 2 && sn.size(0) == R &&
+                    sn.size(1) == V && sn.is_contiguous(),
+                fn, "seen must be a contiguous CPU bool tensor of shape [R, V] = [", R, ", ", V, "] or None, got ",
+                sn.scalar_type(), " ", sn.sizes(), " on ", sn.device(), sn.is_contiguous() ? "" : " (not contiguous)");
+  }
+  const bool has_ban = ban_ids.has_value() && ban_ids->defined();
+  int64_t n_ban = 0;
+  if (has_ban) {
+    const at::Tensor& b = *ban_ids;
+    TORCH_CHECK(b.device().is_cpu() && b.scalar_type() == at::kLong && b.dim() == 1 && b.is_contiguous(), fn,
+                "ban_ids must be a contiguous 1-D CPU int64 tensor [S] or None, got ", b.scalar_type(), " ", b.sizes(),
+                " on ", b.device());
+    n_ban = b.size(0);
+    const int64_t* ids = b.data_ptr<int64_t>();
+    for (int64_t i = 0; i < n_ban; ++i)
+      TORCH_CHECK(ids[i] >= 0 && ids[i] < V, fn, "ban_ids must lie in [0, V) = [0, ", V, "), got ban_ids[", i,
+                  "] = ", ids[i]);
+  }
+  TORCH_CHECK(iparams.size() == 2, fn, "iparams must hold 2 ints (greedy, top_k), got ", iparams.size());
+  TORCH_CHECK(fparams.size() == 4, fn,
+              "fparams must hold 4 floats (inv_temperature, top_p, min_p, repetition_penalty), got ", fparams.size());
+  const int64_t greedy = iparams[0], top_k = iparams[1];
+  const double inv_t = fparams[0], top_p = fparams[1], min_p = fparams[2], penalty = fparams[3];
+  TORCH_CHECK(greedy == 0 || greedy == 1, fn, "iparams[0] (greedy) must be 0 or 1, got ", greedy);
+  TORCH_CHECK(top_k >= 0, fn, "iparams[1] (top_k) must be >= 0 (0 = off), got ", top_k);
+  TORCH_CHECK(std::isfinite(inv_t) && inv_t > 0.0, fn,
+              "fparams[0] (inv_temperature) must be finite and > 0, got ", inv_t);
+  TORCH_CHECK(top_p > 0.0 && top_p <= 1.0, fn, "fparams[1] (top_p) must be in (0, 1] (1 = off), got ", top_p);
+  TORCH_CHECK(min_p >= 0.0 && min_p <= 1.0, fn, "fparams[2] (min_p) must be in [0, 1] (0 = off), got ", min_p);
+  TORCH_CHECK(std::isfinite(penalty) && penalty > 0.0, fn,
+              "fparams[3] (repetition_penalty) must be finite and > 0 (1 = off), got ", penalty);
+
+  const auto f32 = logits.options().dtype(at::kFloat);
+  at::Tensor tokens = at::empty({R}, logits.options().dtype(at::kLong));
+  at::Tensor logp_raw = at::empty({R}, f32);
+  at::Tensor logp_processed = at::empty({R}, f32);
+  at::Tensor log_kept = at::empty({R}, f32);
+  if (R == 0) return {tokens, logp_raw, logp_processed, log_kept};
+  SampleArgs args;
+  args.logits = logits.data_ptr();
+  args.dtype = dtype;
+  args.R = R;
+  args.V = V;
+  args.row_stride = logits.stride(0);
+  args.row_keys = row_keys.data_ptr<int64_t>();
+  args.step = static_cast<uint32_t>(static_cast<uint64_t>(step) & 0xFFFFFFFFu);
+  args.seen = has_seen ? seen->data_ptr<bool>() : nullptr;
+  args.ban_ids = n_ban > 0 ? ban_ids->data_ptr<int64_t>() : nullptr;
+  args.n_ban = n_ban;
+  args.greedy = greedy != 0;
+  args.top_k = top_k;
+  args.inv_t = static_cast<float>(inv_t);
+  args.top_p = top_p;
+  args.min_p = min_p;
+  args.penalty = penalty;
+  args.tokens = tokens.data_ptr<int64_t>();
+  args.logp_raw = logp_raw.data_ptr<float>();
+  args.logp_processed = logp_processed.data_ptr<float>();
+  args.log_kept = log_kept.data_ptr<float>();
+  TORCH_CHECK(std::isfinite(args.inv_t) && args.inv_t > 0.0f, fn,
+              "fparams[0] (inv_temperature) must be a positive finite float32, got ", inv_t);
+  // Rows are independent (per-thread scratch), so the result does not depend on the split.
+  at::parallel_for(0, R, std::max<int64_t>(1, 16384 / V), [&](int64_t begin, int64_t end) {
+    sample_tokens_rows(args, begin, end);
+  });
+  return {tokens, logp_raw, logp_processed, log_kept};
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace ttrl_fast
@@ -269,9 +402,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("fparams"));
   m.def("group_advantages_fwd", &group_advantages_fwd, py::arg("rewards"), py::arg("perm"), py::arg("offsets"),
         py::arg("mode"), py::arg("std_correction"), py::arg("eps"), py::arg("batch_std"));
+  m.def("sample_tokens_fwd", &sample_tokens_fwd, py::arg("logits"), py::arg("row_keys"), py::arg("step"),
+        py::arg("seen"), py::arg("ban_ids"), py::arg("iparams"), py::arg("fparams"),
+        "(logits, row_keys, step, seen, ban_ids, iparams[2], fparams[4]) -> (tokens, logp_raw, logp_processed, log_kept)");
   m.def("debug_lse_paths", &debug_lse_paths, py::arg("row"), py::arg("inv_temperature"));
   m.def("force_isa", [](const std::string& name) { return force_isa(name.c_str()); }, py::arg("name"),
         "Tests only: run the given ISA variant ('' = automatic). False if the CPU lacks it.");
+  m.def("gemm_bf16_nt_f32", &gemm_bf16_nt_f32_binding, py::arg("a"), py::arg("b"), py::arg("out"),
+        py::arg("bias") = py::none(), py::arg("portable") = false,
+        "out[M, N] (fp32) = a[M, K] @ b[N, K]^T (+ bias[N]); a, b bfloat16 with contiguous rows, fp32 "
+        "accumulation. portable=True forces the plain C++ fallback (tests).");
+  m.def("gemm_bf16_has_native", &gemm_bf16_has_native, "True when the avx512-bf16 GEMM kernel runs here.");
   m.def("release_cached_memory", &release_cached, "Frees the cached gradient block; returns its bytes.");
   m.def("cached_memory", &cached_bytes, "Bytes held by the gradient block cache.");
   m.def("build_info", []() {

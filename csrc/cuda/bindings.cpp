@@ -18,6 +18,7 @@
 
 #include "advantages.cuh"
 #include "policy_loss.cuh"
+#include "sampling.cuh"
 #include "selective_log_softmax.cuh"
 
 namespace {
@@ -315,6 +316,116 @@ std::tuple<at::Tensor, at::Tensor> group_advantages_fwd(const at::Tensor& reward
   return {advantages, group_stats};
 }
 
+// ------------------------------------------------------------------------------------------------
+// sample_tokens (raw contract in ttrl_fast/kernels/__init__.py; kernel in sampling.cu).
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_fwd(
+    const at::Tensor& logits, const at::Tensor& row_keys, int64_t step,
+    const std::optional<at::Tensor>& seen, const std::optional<at::Tensor>& ban_ids,
+    const std::vector<int64_t>& iparams, const std::vector<double>& fparams) {
+  const char* fn = "sample_tokens_fwd (cuda)";
+  TORCH_CHECK(logits.defined(), fn, ": logits is undefined");
+  TORCH_CHECK(logits.is_cuda(), fn, ": logits must be a CUDA tensor, got device ", logits.device());
+  TORCH_CHECK(logits.dim() == 2, fn, ": logits must be 2-D [R, V], got shape ", logits.sizes());
+  const tc::DTypeCode dtype = dtype_code(logits, fn);
+  const int64_t R = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(V >= 1, fn, ": logits must have a non-empty vocabulary (V >= 1), got shape ",
+              logits.sizes());
+  TORCH_CHECK(V <= (int64_t{1} << 31), fn, ": vocabulary size V must be <= 2^31, got ", V);
+  TORCH_CHECK(R <= std::numeric_limits<int32_t>::max(), fn, ": R must be < 2^31 rows, got ", R);
+  TORCH_CHECK(V == 1 || logits.stride(1) == 1, fn,
+              ": logits must have stride(-1) == 1 (rows may be strided), got strides ",
+              logits.strides());
+  TORCH_CHECK(R <= 1 || logits.stride(0) >= 0, fn, ": logits.stride(0) must be non-negative, got ",
+              logits.strides());
+  const at::Device dev = logits.device();
+  TORCH_CHECK(row_keys.defined() && row_keys.is_cuda() && row_keys.device() == dev &&
+                  row_keys.scalar_type() == at::kLong && row_keys.dim() == 1 &&
+                  row_keys.size(0) == R && row_keys.is_contiguous(),
+              fn, ": row_keys must be a contiguous int64 tensor of shape [R] = [", R,
+              "] on the logits' device (", dev, "), got ",
+              row_keys.defined() ? c10::toString(row_keys.scalar_type()) : "undefined", " ",
+              row_keys.defined() ? row_keys.sizes() : at::IntArrayRef{}, " on ",
+              row_keys.defined() ? row_keys.device() : at::Device(at::kCPU));
+  TORCH_CHECK(step >= 0, fn, ": step must be >= 0, got ", step);
+  const bool has_seen = given(seen);
+  if (has_seen) {
+    const at::Tensor& sn = *seen;
+    TORCH_CHECK(sn.is_cuda() && sn.device() == dev && sn.scalar_type() == at::kBool &&
+                    sn.dim() == 2 && sn.size(0) == R && sn.size(1) == V && sn.is_contiguous(),
+                fn, ": seen must be a contiguous bool tensor of shape [R, V] = [", R, ", ", V,
+                "] on the logits' device (", dev, ") or None, got ", sn.scalar_type(), " ",
+                sn.sizes(), " on ", sn.device(), sn.is_contiguous() ? "" : " (not contiguous)");
+  }
+  int64_t n_ban = 0;
+  if (given(ban_ids)) {
+    const at::Tensor& b = *ban_ids;
+    TORCH_CHECK(b.is_cuda() && b.device() == dev && b.scalar_type() == at::kLong && b.dim() == 1 &&
+                    b.is_contiguous(),
+                fn, ": ban_ids must be a contiguous 1-D int64 tensor [S] on the logits' device (",
+                dev, ") or None, got ", b.scalar_type(), " ", b.sizes(), " on ", b.device());
+    n_ban = b.size(0);
+    if (n_ban > 0) {  // one small device-to-host copy: an out-of-range id would write out of bounds
+      const int64_t lo = b.min().item<int64_t>(), hi = b.max().item<int64_t>();
+      TORCH_CHECK(lo >= 0 && hi < V, fn, ": ban_ids must lie in [0, V) = [0, ", V, "), got values in [",
+                  lo, ", ", hi, "]");
+    }
+  }
+  TORCH_CHECK(iparams.size() == 2, fn, ": iparams must hold 2 ints (greedy, top_k), got ",
+              iparams.size());
+  TORCH_CHECK(fparams.size() == 4, fn,
+              ": fparams must hold 4 floats (inv_temperature, top_p, min_p, repetition_penalty), got ",
+              fparams.size());
+  const int64_t greedy = iparams[0], top_k = iparams[1];
+  const double inv_t = fparams[0], top_p = fparams[1], min_p = fparams[2], penalty = fparams[3];
+  TORCH_CHECK(greedy == 0 || greedy == 1, fn, ": iparams[0] (greedy) must be 0 or 1, got ", greedy);
+  TORCH_CHECK(top_k >= 0, fn, ": iparams[1] (top_k) must be >= 0 (0 = off), got ", top_k);
+  TORCH_CHECK(std::isfinite(inv_t) && inv_t > 0.0 && std::isfinite(static_cast<float>(inv_t)) &&
+                  static_cast<float>(inv_t) > 0.0f,
+              fn, ": fparams[0] (inv_temperature) must be a finite float32 > 0, got ", inv_t);
+  TORCH_CHECK(top_p > 0.0 && top_p <= 1.0, fn, ": fparams[1] (top_p) must be in (0, 1] (1 = off), got ",
+              top_p);
+  TORCH_CHECK(min_p >= 0.0 && min_p <= 1.0, fn, ": fparams[2] (min_p) must be in [0, 1] (0 = off), got ",
+              min_p);
+  TORCH_CHECK(std::isfinite(penalty) && penalty > 0.0, fn,
+              ": fparams[3] (repetition_penalty) must be finite and > 0 (1 = off), got ", penalty);
+
+  const c10::cuda::CUDAGuard guard(dev);
+  const auto fopts = logits.options().dtype(at::kFloat);
+  at::Tensor tokens = at::empty({R}, logits.options().dtype(at::kLong));
+  at::Tensor logp_raw = at::empty({R}, fopts);
+  at::Tensor logp_processed = at::empty({R}, fopts);
+  at::Tensor log_kept = at::empty({R}, fopts);
+  if (R == 0) return {tokens, logp_raw, logp_processed, log_kept};
+  at::Tensor workspace = at::empty({R, V}, fopts);
+
+  tc::SampleTokensArgs args;
+  args.dtype = dtype;
+  args.logits = logits.data_ptr();
+  args.R = R;
+  args.V = V;
+  args.row_stride = logits.stride(0);
+  args.row_keys = row_keys.data_ptr<int64_t>();
+  args.step = static_cast<uint32_t>(static_cast<uint64_t>(step) & 0xFFFFFFFFu);
+  args.seen = has_seen ? reinterpret_cast<const uint8_t*>(seen->data_ptr<bool>()) : nullptr;
+  args.ban_ids = n_ban > 0 ? ban_ids->data_ptr<int64_t>() : nullptr;
+  args.n_ban = n_ban;
+  args.greedy = static_cast<int32_t>(greedy);
+  args.top_k = top_k;
+  args.inv_t = static_cast<float>(inv_t);
+  args.top_p = top_p;
+  args.min_p = min_p;
+  args.penalty = penalty;
+  args.workspace = workspace.data_ptr<float>();
+  args.tokens = tokens.data_ptr<int64_t>();
+  args.logp_raw = logp_raw.data_ptr<float>();
+  args.logp_processed = logp_processed.data_ptr<float>();
+  args.log_kept = log_kept.data_ptr<float>();
+  const char* err = tc::sample_tokens_fwd_launch(args, at::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == nullptr, fn, ": ", err == nullptr ? "" : err);
+  return {tokens, logp_raw, logp_processed, log_kept};
+}
+
 // The arch list is passed at build time as -DTTRL_FAST_CUDA_ARCHS=... either as a string literal
 // or as bare tokens (shell quoting differs between build backends); stringify, then drop quotes.
 std::string arch_list() {
@@ -365,5 +476,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("rewards"), pybind11::arg("perm"), pybind11::arg("offsets"),
         pybind11::arg("mode"), pybind11::arg("std_correction"), pybind11::arg("eps"),
         pybind11::arg("batch_std"));
+  m.def("sample_tokens_fwd", &sample_tokens_fwd,
+        "(logits, row_keys, step, seen, ban_ids, iparams[2], fparams[4]) -> (tokens, logp_raw, "
+        "logp_processed, log_kept)",
+        pybind11::arg("logits"), pybind11::arg("row_keys"), pybind11::arg("step"),
+        pybind11::arg("seen"), pybind11::arg("ban_ids"), pybind11::arg("iparams"),
+        pybind11::arg("fparams"));
   m.def("build_info", &build_info, "Build configuration of the CUDA extension (dict)");
 }

@@ -6,3 +6,4 @@ selective_log_softmax_fwd = compiled_function("cpu", "selective_log_softmax_fwd"
 selective_log_softmax_bwd = compiled_function("cpu", "selective_log_softmax_bwd")
 policy_loss_fwd = compiled_function("cpu", "policy_loss_fwd")
 group_advantages_fwd = compiled_function("cpu", "group_advantages_fwd")
+sample_tokens_fwd = compiled_function("cpu", "sample_tokens_fwd")

@@ -6,3 +6,4 @@ selective_log_softmax_fwd = compiled_function("cuda", "selective_log_softmax_fwd
 selective_log_softmax_bwd = compiled_function("cuda", "selective_log_softmax_bwd")
 policy_loss_fwd = compiled_function("cuda", "policy_loss_fwd")
 group_advantages_fwd = compiled_function("cuda", "group_advantages_fwd")
+sample_tokens_fwd = compiled_function("cuda", "sample_tokens_fwd")

@@ -25,7 +25,8 @@ which other rows share the batch: the sampler derives the row key from (seed, pr
     mix32(x):     x ^= x >> 16; x *= 0x7FEB352D; x ^= x >> 15; x *= 0x846CA68B; x ^= x >> 16   (mod 2^32)
     step_key    = mix32(row_key ^ mix32(step + 0x9E3779B9))
     h_v         = mix32(step_key ^ ((v * 0x9E3779B9) mod 2^32))
-    u_v         = ((h_v >> 8) + 0.5) * 2^-24                       in (0, 1), exact in fp32
+    u_v         = ((h_v >> 9) + 0.5) * 2^-23                       in [2^-24, 1 - 2^-24], exact in fp32
+                  (never 1: with 24 bits, u = 1 - 2^-25 would round to 1 and win every race)
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def uniform_noise(row_keys: Tensor, step: int, vocab: int) -> Tensor:
     step_key = mix32(row_keys ^ mix32_int(step + GOLDEN))  # [R]
     tokens = (torch.arange(vocab, dtype=torch.int64, device=row_keys.device) * GOLDEN) & MASK32
     h = mix32(step_key[:, None] ^ tokens[None, :])
-    return ((h >> 8).to(torch.float64) + 0.5).mul(2.0 ** -24).to(torch.float32)
+    return ((h >> 9).to(torch.float64) + 0.5).mul(2.0 ** -23).to(torch.float32)
 
 
 def repetition_penalty(x: Tensor, seen: Tensor | None, penalty: float) -> Tensor:

@@ -69,16 +69,16 @@ def _mix32(x):
 
 @triton.jit
 def _uniform(step_key, v):
-    """u_v in (0, 1] (fp32) for token ids v (int tensor) under a row's uint32 step key. Exact: h >> 8
-    < 2^24 converts exactly, + 0.5 rounds to nearest even as the spec's float64 -> float32 does
-    (so u == 1 for h >> 8 == 2^24 - 1). mix32 is inlined (one jit call per chunk, see below)."""
+    """u_v in [2^-24, 1 - 2^-24] (fp32) for token ids v (int tensor) under a row's uint32 step key.
+    Exact: h >> 9 < 2^23 converts exactly and + 0.5 fits in 24 bits. mix32 is inlined (one jit call
+    per chunk, see below)."""
     h = step_key ^ (v.to(tl.uint32) * tl.full((), 0x9E3779B9, tl.uint32))
     h = h ^ (h >> 16)
     h = h * tl.full((), 0x7FEB352D, tl.uint32)
     h = h ^ (h >> 15)
     h = h * tl.full((), 0x846CA68B, tl.uint32)
     h = h ^ (h >> 16)
-    return ((h >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08  # 2^-24
+    return ((h >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07  # 2^-23
 
 
 @triton.jit
@@ -264,7 +264,7 @@ def _sample_tokens_kernel(
                     m_x, sum_x = _online_lse_lanes(m_x, sum_x, x, inv_t)
 
             if phase == TRUNCATE:
-                # r = (s - m_ref) * inv_t + g, g = -log(-log u) (+inf when u == 1: that token wins).
+                # r = (s - m_ref) * inv_t + g, g = -log(-log u) (finite: u < 1).
                 # m_ref is the lane's running max in a single pass, else the row max; lanes compare
                 # only their own entries here (strict >: the earlier index wins exact ties) and are
                 # merged after the loop. Greedy: m_ref = 0, inv_t = 1, g = 0, so r = s exactly.
