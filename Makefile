@@ -1,4 +1,5 @@
-# The two quickstart commands: `make bench` (the main job) and `make test` (the whole suite).
+# The two quickstart commands: `make demo` (the main job: the embedded self-improvement demo) and
+# `make test` (the whole suite). `make bench` runs the kernel and sampler benchmarks.
 # Both install what they need first; extension build failures are fatal (TTRL_FAST_BUILD_EXT=1).
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
@@ -7,15 +8,15 @@ PIP := $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.14.1
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 
-.PHONY: install test bench info clean
+.PHONY: install test demo bench info clean
 
 build/.installed: $(SOURCES)
 	$(PIP) install -q "$(TORCH_SPEC)" "setuptools>=64" wheel
 	$(PIP) install -q ninja pytest pytest-xdist expecttest
 	# parity targets of the tests (TRL's own loss code, Liger's kernels under the Triton interpreter)
 	$(PIP) install -q trl==1.16.0 liger-kernel==0.8.5
-	# the GRPO loop: LoRA adapters (reference policy = adapter off), checkpoints, progress bars
-	$(PIP) install -q peft==0.21.2 safetensors tqdm
+	# the GRPO loop: LoRA adapters (reference policy = adapter off), checkpoints, progress bars, the demo's plot
+	$(PIP) install -q peft==0.21.2 safetensors tqdm matplotlib
 	mkdir -p build
 	@echo "building ttrl_fast extensions (log: build/build.log; the CUDA one takes a few minutes)"
 	TTRL_FAST_BUILD_EXT=1 $(PIP) install -v --no-build-isolation -e . > build/build.log 2>&1 \
@@ -28,9 +29,14 @@ install: build/.installed
 test: install
 	TTRL_FAST_REQUIRE_EXT=1 $(PYTHON) -m pytest -q -n 2
 
+demo: install
+	$(PYTHON) -m ttrl_fast.cli demo --out ttrl_fast_demo
+
 bench: install
 	$(PYTHON) bench/bench_logprob.py
 	$(PYTHON) bench/bench_grpo_loss.py
+	$(PYTHON) bench/bench_fused_linear.py
+	$(PYTHON) bench/bench_sampler.py
 
 info: install
 	$(PYTHON) -m ttrl_fast.info

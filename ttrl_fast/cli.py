@@ -1,5 +1,7 @@
 """`ttrl-fast`: command-line entry points.
 
+    ttrl-fast demo [--world gridworld|consensus] [--quick] [--out DIR]
+
     ttrl-fast adapt --model PATH_OR_ID --prompts FILE.jsonl --monitor rubric|consensus|judge|pairwise|caption
                     --out DIR [--resume] [--critic frozen_init|live] [--lora-r 8 | --full] ...
 
@@ -151,13 +153,45 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--trust-remote-code", action="store_true")
     a.add_argument("--no-progress", action="store_true")
+    d = sub.add_parser("demo", help="the embedded demo: a tiny unified model improves itself on CPU")
+    d.add_argument("--world", default="gridworld", choices=("gridworld", "consensus"),
+                   help="gridworld: Meta-TTRL self-VQA rubric rewards; consensus: TTRL / TTRV vote rewards")
+    d.add_argument("--quick", action="store_true", help="one seed, fewer steps (CI)")
+    d.add_argument("--seeds", type=int, nargs="+", default=None)
+    d.add_argument("--out", default="ttrl_fast_demo", help="output folder (results.json, curves.png)")
+    d.add_argument("--checkpoints", default=None, help="pre-trained toy models (default: OUT/checkpoints)")
+    d.add_argument("--threads", type=int, default=2)
+    d.add_argument("--no-progress", action="store_true")
     return p
+
+
+def demo(args) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if args.world == "gridworld":
+        from ttrl_fast.demo import grid_experiment as E
+
+        results = E.run(out_dir=out, quick=args.quick, seeds=args.seeds, checkpoints=args.checkpoints,
+                        progress=not args.no_progress)
+        print(E.table(results))
+        print(f"results: {out / 'results.json'}" + (f"; plot: {results['plot']}" if results.get("plot") else ""))
+        return 0
+    from ttrl_fast.demo.consensus_world import run_consensus_demo
+
+    kwargs = {} if args.seeds is None else {"seeds": tuple(args.seeds)}
+    results = run_consensus_demo(out_dir=out, quick=args.quick, progress=not args.no_progress, **kwargs)
+    print(json.dumps({k: v for k, v in results.items() if k != "per_seed"}, indent=1, default=str))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "adapt":
         return adapt(args)
+    if args.command == "demo":
+        return demo(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -8,6 +8,8 @@ Builders turn a `Prompt` into a rubric:
 """
 from __future__ import annotations
 
+import string
+
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -296,8 +298,13 @@ class StaticRubric(RubricBuilder):
         return validate_rubric(items, where=where)
 
 
+def _placeholders(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
 class TemplateRubric(RubricBuilder):
-    """A model-free rubric: question templates filled with the prompt text (`{prompt}` placeholder).
+    """A model-free rubric: question templates filled with the prompt text (`{prompt}`) or with fields of
+    the prompt's meta (`{A}`, `{relation}`, ... for structured prompts such as the demo's grid world).
 
     `templates`: (dimension, question template, target) tuples, RubricItem (question used as a template)
     or plain strings (dimension "other", target yes). Default: one holistic item,
@@ -315,16 +322,24 @@ class TemplateRubric(RubricBuilder):
             if isinstance(entry, str):
                 entry = ("other", entry, "yes")
             item = _item_from_any(entry, f"templates[{k}]")
-            if "{prompt}" not in item.question:
-                raise ValueError(f"templates[{k}] question {item.question!r} has no {{prompt}} placeholder")
+            if not _placeholders(item.question):
+                raise ValueError(f"templates[{k}] question {item.question!r} has no placeholder ({{prompt}} or a "
+                                 f"prompt.meta field)")
             checked.append(item)
         self.templates = validate_rubric(checked, where="templates")
 
     def build(self, prompt: Prompt) -> list[RubricItem]:
-        if not isinstance(prompt.text, str) or not prompt.text.strip():
-            raise ValueError(f"TemplateRubric needs prompt text; prompt {prompt.id!r} has text={prompt.text!r}")
-        return [RubricItem(t.dim, t.question.replace("{prompt}", prompt.text.strip()), t.target, t.parents)
-                for t in self.templates]
+        fields = dict(prompt.meta)
+        if isinstance(prompt.text, str) and prompt.text.strip():
+            fields["prompt"] = prompt.text.strip()
+        items = []
+        for t in self.templates:
+            missing = [name for name in _placeholders(t.question) if name not in fields]
+            if missing:
+                raise ValueError(f"TemplateRubric: prompt {prompt.id!r} has no {missing[0]!r} to fill "
+                                 f"{t.question!r} (needs prompt text or prompt.meta[{missing[0]!r}])")
+            items.append(RubricItem(t.dim, t.question.format(**fields), t.target, t.parents))
+        return items
 
 
 class SelfRubric(RubricBuilder):
