@@ -1,69 +1,34 @@
-"""A dependency-free character tokenizer for tiny models (tests, the embedded demo). Real models use
-their HF tokenizer: anything with ``encode(str) -> list[int]`` and ``decode(list[int]) -> str`` works."""
+"""Dependency-free tokenizers over closed vocabularies for tiny models (tests, the embedded demos).
+Real models use their HF tokenizer: anything with ``encode(str) -> list[int]`` and
+``decode(list[int]) -> str`` works."""
 from __future__ import annotations
 
 from typing import Iterable, Sequence
 
 
-class CharTokenizer:
-    """One id per character of `alphabet`, after `specials` (pad, bos, eos by default).
+class _ClosedVocabulary:
+    """Ids: `specials` (pad, bos, eos by default) first, then the units of the vocabulary. Unknown
+    units raise (a silent <unk> would hide prompt bugs); decode drops specials unless keep_special."""
 
-    Unknown characters raise (a silent <unk> would hide prompt bugs). ``decode`` stops at nothing and
-    drops special tokens unless ``keep_special``.
-    """
+    separator = ""
 
-    def __init__(self, alphabet: Iterable[str], specials: Sequence[str] = ("<pad>", "<bos>", "<eos>")):
-        chars = []
-        for ch in alphabet:
-            if len(ch) != 1:
-                raise ValueError(f"alphabet entries must be single characters, got {ch!r}")
-            if ch not in chars:
-                chars.append(ch)
-        self.specials = list(specials)
-        self.itos = self.specials + chars
-        self.stoi = {s: i for i, s in enumerate(self.itos)}
-        self.pad_token_id = self.stoi.get("<pad>", 0)
-        self.bos_token_id = self.stoi.get("<bos>")
-        self.eos_token_id = self.stoi.get("<eos>")
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.itos)
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
-        try:
-            ids = [self.stoi[ch] for ch in text]
-        except KeyError as exc:
-            raise ValueError(f"character {exc.args[0]!r} is not in the tokenizer's alphabet") from None
-        return ([self.bos_token_id] if add_bos and self.bos_token_id is not None else []) + ids
-
-    def decode(self, ids: Sequence[int], *, keep_special: bool = False) -> str:
-        n = len(self.specials)
-        return "".join(self.itos[i] for i in ids if keep_special or i >= n)
-
-    def convert_tokens_to_ids(self, token: str) -> int:
-        return self.stoi[token]
-
-
-class WordTokenizer:
-    """One id per whitespace-separated word of a closed vocabulary (the demo worlds' languages), after
-    `specials`. ``decode`` joins words with spaces and drops specials unless ``keep_special``."""
-
-    def __init__(self, words: Iterable[str], specials: Sequence[str] = ("<pad>", "<bos>", "<eos>")):
+    def __init__(self, units: Iterable[str], specials: Sequence[str]):
         self.specials = list(specials)
         self.itos = list(self.specials)
-        for word in words:
-            if not word or any(ch.isspace() for ch in word):
-                raise ValueError(f"vocabulary words must be non-empty and contain no whitespace, got {word!r}")
-            if word not in self.itos:
-                self.itos.append(word)
+        for unit in units:
+            self._check(unit)
+            if unit not in self.itos:
+                self.itos.append(unit)
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         self.pad_token_id = self.stoi.get("<pad>", 0)
         self.bos_token_id = self.stoi.get("<bos>")
         self.eos_token_id = self.stoi.get("<eos>")
+
+    def _check(self, unit: str) -> None:
+        raise NotImplementedError
+
+    def _split(self, text: str) -> list[str]:
+        raise NotImplementedError
 
     @property
     def vocab_size(self) -> int:
@@ -74,14 +39,45 @@ class WordTokenizer:
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
         try:
-            ids = [self.stoi[w] for w in text.split()]
+            ids = [self.stoi[unit] for unit in self._split(text)]
         except KeyError as exc:
-            raise ValueError(f"word {exc.args[0]!r} is not in the tokenizer's vocabulary") from None
+            raise ValueError(f"{exc.args[0]!r} is not in the tokenizer's vocabulary") from None
         return ([self.bos_token_id] if add_bos and self.bos_token_id is not None else []) + ids
 
     def decode(self, ids: Sequence[int], *, keep_special: bool = False) -> str:
         n = len(self.specials)
-        return " ".join(self.itos[i] for i in ids if keep_special or i >= n)
+        return self.separator.join(self.itos[i] for i in ids if keep_special or i >= n)
 
     def convert_tokens_to_ids(self, token: str) -> int:
         return self.stoi[token]
+
+
+class CharTokenizer(_ClosedVocabulary):
+    """One id per character of `alphabet`."""
+
+    def __init__(self, alphabet: Iterable[str], specials: Sequence[str] = ("<pad>", "<bos>", "<eos>")):
+        super().__init__(alphabet, specials)
+
+    def _check(self, unit: str) -> None:
+        if len(unit) != 1:
+            raise ValueError(f"alphabet entries must be single characters, got {unit!r}")
+
+    def _split(self, text: str) -> list[str]:
+        return list(text)
+
+
+class WordTokenizer(_ClosedVocabulary):
+    """One id per whitespace-separated word of a closed vocabulary (the demo worlds' languages);
+    decode joins words with spaces."""
+
+    separator = " "
+
+    def __init__(self, words: Iterable[str], specials: Sequence[str] = ("<pad>", "<bos>", "<eos>")):
+        super().__init__(words, specials)
+
+    def _check(self, unit: str) -> None:
+        if not unit or any(ch.isspace() for ch in unit):
+            raise ValueError(f"vocabulary words must be non-empty and contain no whitespace, got {unit!r}")
+
+    def _split(self, text: str) -> list[str]:
+        return text.split()

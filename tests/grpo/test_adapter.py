@@ -122,7 +122,7 @@ def test_per_prompt_reset_restores_the_initial_weights():
 
 
 def test_plateau_and_max_steps_stop():
-    t = trainer(Sabotage.__bases__[0]("#"))  # '#' never appears: constant reward 0 -> plateau
+    t = trainer(CountLetter("€"))  # not in the alphabet, never drawn: constant reward 0 -> plateau
     report = TestTimeAdapter(t, t.monitor, config=AdaptConfig(episodes=3, plateau_patience=2)).run(STREAM)
     assert report.stopped == "plateau" and report.steps == 3  # the first step sets the best, two stale ones follow
     t = trainer()
