@@ -35,6 +35,15 @@ def row_key(seed: int, prompt: int, sample: int) -> int:
     return mix32_int(key ^ mix32_int(sample + GOLDEN))
 
 
+def kernel_params(*, temperature: float, top_k: int, top_p: float, min_p: float, repetition_penalty: float,
+                  vocab: int) -> tuple[list[int], list[float]]:
+    """The raw contract's (iparams, fparams): temperature 0 is greedy, top_k <= 0 or >= V is off."""
+    greedy = temperature == 0
+    iparams = [int(greedy), top_k if 0 < top_k < vocab else 0]
+    fparams = [1.0 if greedy else 1.0 / temperature, float(top_p), float(min_p), float(repetition_penalty)]
+    return iparams, fparams
+
+
 def sample_tokens(
     logits: Tensor,
     *,
@@ -97,9 +106,8 @@ def sample_tokens(
     v.check_same_device(logits=logits, row_keys=row_keys, seen=seen)
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
-    greedy = temperature == 0
-    iparams = [int(greedy), max(top_k, 0) if top_k < vocab else 0]
-    fparams = [1.0 if greedy else 1.0 / temperature, float(top_p), float(min_p), repetition_penalty]
+    iparams, fparams = kernel_params(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                     repetition_penalty=repetition_penalty, vocab=vocab)
     out = _ops.sample_tokens(logits, row_keys.to(torch.int64).contiguous(), step, seen, ban_ids, iparams, fparams,
                              backend or "")
     return SampledTokens(*out)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ttrl_fast.ops import sampling as _sampling_op
 from ttrl_fast.sampler.cache import RolloutCache
-from ttrl_fast.sampler.draw import prompt_key, row_key
+from ttrl_fast.sampler.draw import kernel_params, prompt_key, row_key
 from ttrl_fast.sampler.params import SamplingParams
 
 
@@ -208,9 +208,9 @@ class RolloutSampler:
                 stop_ids = None  # no stop id can ever be drawn
         early_ban = banned if stop_ids is None else (stop_ids if banned is None else torch.cat([banned, stop_ids]))
         seen = self._seen(prompts, group, logits.shape[-1], params, device)
-        iparams = [int(params.greedy), params.top_k if 0 < params.top_k < logits.shape[-1] else 0]
-        fparams = [1.0 if params.greedy else 1.0 / params.temperature, float(params.top_p), float(params.min_p),
-                   float(params.repetition_penalty)]
+        iparams, fparams = kernel_params(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                                         min_p=params.min_p, repetition_penalty=params.repetition_penalty,
+                                         vocab=vocab)
         for step in range(params.max_tokens):
             ban = early_ban if step < params.min_tokens else banned
             tokens, raw, processed, kept = _sampling_op.sample_tokens(
