@@ -182,7 +182,13 @@ def demo(args) -> int:
 
     kwargs = {} if args.seeds is None else {"seeds": tuple(args.seeds)}
     results = run_consensus_demo(out_dir=out, quick=args.quick, progress=not args.no_progress, **kwargs)
-    print(json.dumps({k: v for k, v in results.items() if k != "per_seed"}, indent=1, default=str))
+    splits = list(results["none"])
+    print(f"{'pass@1':<10}" + "".join(f"{s:>10}" for s in splits) + f"{'maj@n adapt':>14}")
+    for method in ("none", "ttrl", "ttrv", "random", "oracle"):
+        print(f"{method:<10}" + "".join(f"{results[method][s]:>10.3f}" for s in splits)
+              + f"{results['maj_at_n'][method]['adapt']:>14.3f}")
+    print(f"pseudo-label accuracy before adaptation: {results['label_accuracy']['before']:.3f}")
+    print(f"results: {out / 'consensus_results.json'}")
     return 0
 
 
