@@ -153,7 +153,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for r in rows:
                 r.peak_extra_mb = mem.get(r.provider, {}).get("extra_beyond_grads_mb", float("nan"))
             print()
-            print(f"(gbps column: matmul FLOP-rate in GFLOP/s = 6 N H V / p50)")
+            print("(gbps column: matmul FLOP-rate in GFLOP/s = 6 N H V / p50)")
             print(H.format_table(rows, baseline="eager", compare_to=("liger",)))
             print("peak extra memory beyond inputs and the returned gradients (separate processes):")
             for name, m in mem.items():

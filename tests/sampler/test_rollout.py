@@ -3,7 +3,6 @@ compaction, on tiny random Llama and Qwen2 models."""
 import pytest
 import torch
 
-import ttrl_fast
 from ttrl_fast import RolloutSampler, SamplingParams
 
 from .conftest import PROMPTS, VOCAB, tiny_model

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
 
 from ttrl_fast import monitors as M
 from ttrl_fast.demo import grid_model

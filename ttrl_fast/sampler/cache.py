@@ -10,7 +10,6 @@ compacts the rows still decoding into a dense prefix.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
