@@ -116,3 +116,20 @@ def test_bench_fused_linear_quick_runs(tmp_path: Path) -> None:
     for r in rows:
         assert r["op"] == "fused_linear_grpo" and float(r["p50_ms"]) > 0
         assert float(r["peak_extra_mb"]) == float(r["peak_extra_mb"])  # measured (not NaN)
+
+
+def test_bench_sampler_quick_writes_csv(tmp_path: Path) -> None:
+    """bench/bench_sampler.py --quick: a tiny model, one config; rows for HF generate (A), A plus the
+    scoring forward (A+B) and the sampler, and a printed result line."""
+    out_csv = tmp_path / "sampler.csv"
+    proc = subprocess.run([sys.executable, "bench/bench_sampler.py", "--quick", "--csv", str(out_csv)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    with out_csv.open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == EXPECTED_COLUMNS
+        rows = list(reader)
+    assert {r["provider"] for r in rows} == {"A", "A+B", "ours"}, log[-4000:]
+    assert all(math.isfinite(float(r["p50_ms"])) and float(r["p50_ms"]) > 0 for r in rows)
+    assert re.search(r"^\s+16\s+8\s+4\s", proc.stdout, re.M), proc.stdout[-2000:]
