@@ -151,3 +151,18 @@ def test_duplicate_prompt_ids_are_refused():
     t = trainer()
     with pytest.raises(ValueError, match="unique"):
         TestTimeAdapter(t, t.monitor).run([Prompt("a", "x"), Prompt("a", "y")])
+
+
+def test_checkpoint_survives_a_stale_swap_directory(tmp_path):
+    """A crash between swapping the new checkpoint in and deleting the old one leaves checkpoint.old
+    behind; the next step's checkpoint must still be written."""
+    config = AdaptConfig(prompts_per_step=3)
+    t = trainer()
+    TestTimeAdapter(t, t.monitor, config=config, run_dir=tmp_path).run(STREAM[:3])
+    stale = tmp_path / "checkpoint.old"
+    stale.mkdir()
+    (stale / "adapter.safetensors").write_bytes(b"stale")
+    (tmp_path / "state.json").write_text(json.dumps({"steps_done": 0}))
+    t2 = trainer()
+    TestTimeAdapter(t2, t2.monitor, config=config, run_dir=tmp_path).run(STREAM[:3], resume=True)
+    assert not stale.exists() and (tmp_path / "checkpoint" / "adapter.safetensors").stat().st_size > 100

@@ -76,6 +76,13 @@ class AdaptReport:
     stopped: str = "stream_end"
 
 
+def _remove_dir(path: Path) -> None:
+    if path.exists():
+        for child in path.iterdir():
+            child.unlink()
+        path.rmdir()
+
+
 def _plan(prompts: Sequence[Prompt], config: AdaptConfig) -> list[tuple[int, list[int], bool]]:
     """(episode, prompt indices, serve?) per step, in stream order (deterministic given the seed)."""
     steps = []
@@ -236,14 +243,12 @@ class TestTimeAdapter:
                     "update_count": self.trainer.update_count, "lr_scale": self.trainer.lr_scale,
                     "guard": None if self.guard is None else self.guard.state_dict(),
                     "torch_rng": torch.get_rng_state()}, tmp / "trainer.pt")
-        final = self.run_dir / "checkpoint"
+        final, old = self.run_dir / "checkpoint", self.run_dir / "checkpoint.old"
         if final.exists():
-            old = self.run_dir / "checkpoint.old"
+            _remove_dir(old)  # left by a crash after the swap below: final is the newer one
             final.rename(old)
             tmp.rename(final)
-            for child in old.iterdir():
-                child.unlink()
-            old.rmdir()
+            _remove_dir(old)
         else:
             tmp.rename(final)
         state = {"steps_done": steps_done}
