@@ -7,6 +7,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from ttrl_fast.sampler.padding import left_pad, positions_from_mask
+
 TRUNCATIONS = ("error", "left")
 
 
@@ -152,15 +154,9 @@ class HFTextUnderstander:
 
     def _last_logits(self, rows: list[list[int]], keep: int) -> Tensor:
         """float32 logits [len(rows), keep, V] of the last `keep` positions of left-padded rows."""
-        device = self._device()
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.int64)
-        mask = torch.zeros(len(rows), width, dtype=torch.int64)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.int64)
-            mask[i, width - len(r):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+        ids, mask = left_pad(rows, self.pad_token_id, self._device())
+        mask = mask.long()
+        positions = positions_from_mask(mask)
         try:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
         except TypeError:  # a model without logits_to_keep

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ttrl_fast.fused_linear import fused_linear_logprobs
 from ttrl_fast.grpo.config import LoraSettings
 from ttrl_fast.policy.base import Policy
+from ttrl_fast.sampler.padding import left_pad, positions_from_mask
 from ttrl_fast.sampler.params import SamplingParams
 from ttrl_fast.sampler.rollout import RolloutSampler
 from ttrl_fast.tta.types import Prompt, Rollouts, Understander
@@ -109,15 +110,11 @@ class HFCausalLMPolicy(Policy):
         prompts = [batch.prompt_ids[int(batch.group_index[r])] for r in rows]
         completions = batch.completion_ids[rows]
         completion_mask = batch.completion_mask[rows]
-        width = max(map(len, prompts))
-        ids = torch.full((len(rows), width), self.sampler.pad_token_id, dtype=torch.int64, device=device)
-        attention = torch.zeros(len(rows), width, dtype=torch.int64, device=device)
-        for i, prompt in enumerate(prompts):  # left padding, as in the sampler
-            ids[i, width - len(prompt):] = torch.tensor(prompt, device=device)
-            attention[i, width - len(prompt):] = 1
+        ids, prompt_mask = left_pad(prompts, self.sampler.pad_token_id, device)  # as in the sampler
+        width = ids.shape[1]
         ids = torch.cat([ids, completions], 1)
-        attention = torch.cat([attention, completion_mask.long()], 1)
-        positions = (attention.cumsum(-1) - 1).clamp_(min=0)
+        attention = torch.cat([prompt_mask, completion_mask], 1).long()
+        positions = positions_from_mask(attention)
         if reference and not _is_peft(self.model) and self._frozen is None:
             raise ValueError("no reference policy: the model has no LoRA adapter and frozen_copy=False")
         model = self._frozen if (reference and self._frozen is not None) else self.model

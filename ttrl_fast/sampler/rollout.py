@@ -25,6 +25,7 @@ from torch import Tensor
 from ttrl_fast.ops import sampling as _sampling_op
 from ttrl_fast.sampler.cache import RolloutCache
 from ttrl_fast.sampler.draw import kernel_params, prompt_key, row_key
+from ttrl_fast.sampler.padding import left_pad, positions_from_mask
 from ttrl_fast.sampler.params import SamplingParams
 
 
@@ -176,13 +177,10 @@ class RolloutSampler:
         prompt_count, rows = len(prompts), len(prompts) * group
         lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int64, device=device)
         padded = int(lengths.max())
-        ids = torch.full((prompt_count, padded), self.pad_token_id, dtype=torch.int64, device=device)
+        ids, prompt_mask = left_pad(prompts, self.pad_token_id, device)  # every row writes at one position
         valid = self._valid_buffer(device)
-        valid[:prompt_count, :padded] = False
-        for b, prompt in enumerate(prompts):  # left padding: every row writes at the same position
-            ids[b, padded - len(prompt):] = torch.tensor(prompt, dtype=torch.int64, device=device)
-            valid[b, padded - len(prompt):padded] = True
-        positions = (valid[:prompt_count, :padded].cumsum(-1) - 1).clamp_(min=0)
+        valid[:prompt_count, :padded] = prompt_mask
+        positions = positions_from_mask(prompt_mask)
 
         # without padding every key is visible: no mask at all (SDPA's causal / unmasked fast paths)
         self._masked = bool((lengths != padded).any())
