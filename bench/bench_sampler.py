@@ -8,7 +8,10 @@ Providers, interleaved round-robin in one process, medians of the rounds:
            times, returns no log-probs
 * ``A+B``  A plus the teacher-forced scoring forward over B*G*(P+N) tokens that GRPO then needs for
            the old log-probs (TRL's transformers path)
-* ``ours`` ``RolloutSampler.generate``: one prefill per prompt, fork, decode with log-probs
+* ``ours`` ``RolloutSampler.generate``: one prefill per prompt, decode with log-probs, the G rows of
+           a prompt reading its KV once per group (shared-prefix attention)
+* ``ours-copies`` the same with ``decode_attention="model"``: the prompt's KV copied into its G rows and
+           read G times per step (the ``copies/ours`` column is what sharing the prefix buys)
 
 Derived columns: f = T_A(1 new token) / T_A(N), the prefill share of A; S* = 1 / (1 - f (G-1)/G), the
 speedup prefill sharing alone can give; ``pf`` = the prefill-only ratio T_A(1) / T_ours(1).
@@ -98,13 +101,15 @@ def providers(model, prompts, n: int, g: int, eos: bool):
             return torch.log_softmax(logits.float(), -1).gather(-1, completion[..., None])
 
     rows = len(prompts) * g
-    sampler = ttrl_fast.RolloutSampler(model, max_rows=rows, max_seq_len=ids.shape[1] + n,
-                                       eos_token_ids=[EOS] if eos else [], pad_token_id=0)
+    common = dict(max_rows=rows, max_seq_len=ids.shape[1] + n, eos_token_ids=[EOS] if eos else [], pad_token_id=0)
+    sampler = ttrl_fast.RolloutSampler(model, **common)
+    copies = ttrl_fast.RolloutSampler(model, decode_attention="model", **common)
 
-    def ours(new=n):
-        return sampler.generate(prompts, ttrl_fast.SamplingParams(n=g, max_tokens=new, seed=0))
+    def ours(new=n, which=sampler):
+        return which.generate(prompts, ttrl_fast.SamplingParams(n=g, max_tokens=new, seed=0))
 
-    return {"A": hf, "A+B": hf_and_score, "ours": ours}, {"A": lambda: hf(1), "ours": lambda: ours(1)}, sampler
+    return ({"A": hf, "A+B": hf_and_score, "ours": ours, "ours-copies": lambda: ours(which=copies)},
+            {"A": lambda: hf(1), "ours": lambda: ours(1)}, sampler)
 
 
 def main() -> None:
@@ -129,7 +134,7 @@ def main() -> None:
     print(f"# {OP}: {env.device_name}, torch {env.torch}, threads={args.threads}, rounds={args.rounds}, "
           f"model hidden={model.config.hidden_size} layers={model.config.num_hidden_layers} vocab={vocab}")
     header = (f"{'P':>9} {'N':>4} {'G':>3} {'A ms':>8} {'A+B ms':>8} {'ours ms':>8} {'tok/s ours':>10} "
-              f"{'f':>5} {'S*':>5} {'ours/A':>7} {'/S*':>5} {'ours/A+B':>8} {'pf':>5}")
+              f"{'f':>5} {'S*':>5} {'ours/A':>7} {'/S*':>5} {'ours/A+B':>8} {'pf':>5} {'copies/ours':>11}")
     print(header)
     rows = []
     for p, n, g, ragged, eos in configs:
@@ -145,13 +150,13 @@ def main() -> None:
             if hook is not None:
                 hook.remove()
         tokens = int(batch.completion_mask.sum())
-        a, ab, ours = (timings[k].p50_ms for k in ("A", "A+B", "ours"))
+        a, ab, ours, copies = (timings[k].p50_ms for k in ("A", "A+B", "ours", "ours-copies"))
         f = short["A"].p50_ms / a
         s_star = 1 / (1 - f * (g - 1) / g)
         label = f"{p}{'r' if ragged else ''}{'eos' if eos else ''}"
         print(f"{label:>9} {n:>4} {g:>3} {a:8.0f} {ab:8.0f} {ours:8.0f} {tokens / ours * 1e3:10.0f} {f:5.2f} "
               f"{s_star:5.2f} {a / ours:7.2f} {a / ours / s_star:5.2f} {ab / ours:8.2f} "
-              f"{short['A'].p50_ms / short['ours'].p50_ms:5.1f}" + (f"  mean len {tokens / len(batch.finish_reason):.0f}"
+              f"{short['A'].p50_ms / short['ours'].p50_ms:5.1f} {copies / ours:11.2f}" + (f"  mean len {tokens / len(batch.finish_reason):.0f}"
                                                                    if eos else ""))
         for name, t in timings.items():
             rows.append(H.Row(op=OP, provider=name, mode="generate", dtype="float32", shape=f"P{label}_N{n}_G{g}",

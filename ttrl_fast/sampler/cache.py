@@ -7,6 +7,10 @@ forward and reused by every later call; `update` writes the new keys/values in p
 of the first `length + q` positions (no torch.cat per step, unlike DynamicCache). The sampler moves
 rows around explicitly: `fork` copies each prefilled prompt into its G sample rows, `keep_rows`
 compacts the rows still decoding into a dense prefix.
+
+Shared-prefix mode (`share_prefix`, see shared_prefix.py): instead of forking, row b keeps prompt b's
+keys at positions [0, P) and every row writes its generated keys at [P, ...); `update` then returns
+only those generated keys and the shared-prefix attention reads the prompts' keys itself, once per group.
 """
 from __future__ import annotations
 
@@ -41,8 +45,9 @@ class _RolloutLayer(CacheLayerMixin):
                              f"writing {q} at position {start} overflows it")
         self.key_buffer[:rows, :, start:start + q] = key_states
         self.value_buffer[:rows, :, start:start + q] = value_states
-        self.keys = self.key_buffer[:rows, :, :start + q]
-        self.values = self.value_buffer[:rows, :, :start + q]
+        first = self.owner.shared_prefix or 0  # a shared prefix is read by the attention, not returned
+        self.keys = self.key_buffer[:rows, :, first:start + q]
+        self.values = self.value_buffer[:rows, :, first:start + q]
         return self.keys, self.values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -61,10 +66,10 @@ class _RolloutLayer(CacheLayerMixin):
             target = buffer[:prompts * group, :, :length].unflatten(0, (prompts, group))
             target.copy_(src.unsqueeze(1).expand_as(target))
 
-    def keep_rows(self, rows: Tensor, length: int) -> None:
-        """Rows `rows` (ascending) -> rows [0, len(rows)), first `length` positions."""
+    def keep_rows(self, rows: Tensor, first: int, length: int) -> None:
+        """Rows `rows` (ascending) -> rows [0, len(rows)), positions [first, length)."""
         for buffer in (self.key_buffer, self.value_buffer):
-            buffer[:rows.numel(), :, :length] = buffer[:, :, :length].index_select(0, rows)
+            buffer[:rows.numel(), :, first:length] = buffer[:, :, first:length].index_select(0, rows)
 
 
 class RolloutCache(Cache):
@@ -72,10 +77,11 @@ class RolloutCache(Cache):
 
     def __init__(self, num_layers: int, max_rows: int, max_seq_len: int):
         self.max_rows, self.max_seq_len, self.length = max_rows, max_seq_len, 0
+        self.shared_prefix: int | None = None  # P while rows share their prompt's keys instead of copies
         super().__init__(layers=[_RolloutLayer(self) for _ in range(num_layers)])
 
     def reset(self) -> None:
-        self.length = 0
+        self.length, self.shared_prefix = 0, None
 
     def advance(self, steps: int) -> None:
         """Called after each forward: the positions just written become part of the past."""
@@ -86,10 +92,15 @@ class RolloutCache(Cache):
             if layer.is_initialized:
                 layer.fork(prompts, group, self.length)
 
+    def share_prefix(self) -> None:
+        """Instead of fork: each prompt's keys stay in its row b, read by all G rows of its group (the
+        prompts' rows keep them at [0, P) while every row writes its own tokens from P on)."""
+        self.shared_prefix = self.length
+
     def keep_rows(self, rows: Tensor) -> None:
         for layer in self.layers:
             if layer.is_initialized:
-                layer.keep_rows(rows, self.length)
+                layer.keep_rows(rows, self.shared_prefix or 0, self.length)
 
     def nbytes(self) -> int:
         return sum(l.key_buffer.nbytes + l.value_buffer.nbytes for l in self.layers if l.is_initialized)

@@ -3,8 +3,10 @@
 Per chunk of whole groups (B_c prompts, B_c * G rows <= max_rows):
     1. prefill the B_c unique prompts, left-padded to a common length P (positions = cumsum(mask) - 1,
        the convention HF generate uses), keeping only the last position's logits;
-    2. fork: copy each prompt's KV into its G rows and repeat its logits G times (the first token is
-       then G independent draws from the same distribution, which is exact);
+    2. share or fork: by default (plain-attention models) the G rows of a prompt read its KV from one
+       copy through the shared-prefix attention (shared_prefix.py: the prompt is read once per group
+       per step, not G times); otherwise each prompt's KV is copied into its G rows. Its last logits
+       are repeated G times (the first token is then G independent draws from one distribution: exact);
     3. decode in lock-step: one fused sampling step per token (ttrl_fast.sample_tokens: penalty ->
        temperature -> top-k -> top-p -> min-p -> exponential race keyed by (seed, prompt, g, step)),
        recording the token and its raw log-prob (log_softmax(logits / T) over the full vocabulary:
@@ -23,6 +25,8 @@ import torch
 from torch import Tensor
 
 from ttrl_fast.ops import sampling as _sampling_op
+from ttrl_fast.sampler import flash_decode as _flash
+from ttrl_fast.sampler import shared_prefix as _shared
 from ttrl_fast.sampler.cache import RolloutCache
 from ttrl_fast.sampler.draw import kernel_params, prompt_key, row_key
 from ttrl_fast.sampler.padding import left_pad, positions_from_mask
@@ -99,11 +103,16 @@ class RolloutSampler:
         eos_token_ids: stop ids (default: the model's generation_config / config eos_token_id, int or list).
         compact_threshold: compact the batch once fewer than this fraction of its rows still decode.
         backend: the sample_tokens backend (None = automatic).
+        decode_attention: "shared_prefix" (one copy of each prompt's KV read once per group; needs a
+            plain-attention model with sdpa / eager attention), "flash" (flash_attn_with_kvcache on the
+            cache, CUDA + flash-attn >= 2.6), "model" (the model's own attention over G forked copies),
+            or "auto": flash where it can run, else shared_prefix where it can, else model. Groups of one
+            always use the model's attention or flash.
     """
 
     def __init__(self, model, *, max_rows: int, max_seq_len: int, pad_token_id: int | None = None,
                  eos_token_ids: int | Sequence[int] | None = None, compact_threshold: float = 0.75,
-                 backend: str | None = None):
+                 backend: str | None = None, decode_attention: str = "auto"):
         for name, value in (("max_rows", max_rows), ("max_seq_len", max_seq_len)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -125,6 +134,7 @@ class RolloutSampler:
         self.max_rows, self.max_seq_len = max_rows, max_seq_len
         self.compact_threshold = compact_threshold
         self.backend = backend or ""
+        self.decode_attention = self._choose_decode_attention(model, decode_attention)
         self.cache = RolloutCache(config.num_hidden_layers, max_rows, max_seq_len)
         self.vocab_size = int(config.vocab_size)
         self._valid: Tensor | None = None  # [max_rows, max_seq_len] bool: key positions that are not padding
@@ -187,7 +197,17 @@ class RolloutSampler:
         self.cache.reset()
         logits = self._forward(ids, self._prefill_mask(valid[:prompt_count, :padded]), positions, last_only=True)
         self.cache.advance(padded)
-        self.cache.fork(prompt_count, group)
+        sharing = flash = None
+        if self.decode_attention == "shared_prefix" and group > 1:
+            sharing = _shared.SharedPrefixState(self.cache, prompt_count, group, padded, slots=None,
+                                                prefix_valid=valid[:prompt_count, :padded].clone()
+                                                if self._masked else None)
+            self.cache.share_prefix()
+        else:
+            self.cache.fork(prompt_count, group)
+            if self.decode_attention == "flash":  # rows read [left padding, write pointer] in place
+                flash = _flash.FlashDecodeState(self.cache, seqlens=torch.empty(0), leftpad=(
+                    padded - lengths).repeat_interleave(group).to(torch.int32))
         valid[:rows, :padded] = valid[:prompt_count, :padded].repeat_interleave(group, 0)
         logits = logits.repeat_interleave(group, 0)
 
@@ -231,14 +251,26 @@ class RolloutSampler:
                 self.cache.keep_rows(keep)
                 valid[:count, :self.cache.length] = valid[:alive.numel(), :self.cache.length].index_select(0, keep)
                 row_index, positions, keys, tokens = row_index[keep], positions[keep], keys[keep], tokens[keep]
+                if sharing is not None:
+                    sharing.slots = row_index - row0  # each row's place b * G + g in its group
+                if flash is not None:
+                    flash.leftpad = flash.leftpad[keep].contiguous()
                 seen = None if seen is None else seen[keep]
                 alive = alive[keep]
             if seen is not None:
                 seen[torch.arange(tokens.numel(), device=device), tokens] = True
             current = alive.numel()
-            valid[:current, self.cache.length] = True
-            mask = self._decode_mask(valid[:current, :self.cache.length + 1])
-            logits = self._forward(tokens[:, None], mask, (positions + step)[:, None], last_only=False)
+            if sharing is not None:  # the prefix padding is the shared attention's business; no mask
+                with _shared.active(self.model, sharing):
+                    logits = self._forward(tokens[:, None], None, (positions + step)[:, None], last_only=False)
+            elif flash is not None:  # likewise left padding for the kvcache kernel (cache_leftpad)
+                flash.seqlens = torch.full((current,), self.cache.length + 1, dtype=torch.int32, device=device)
+                with _flash.active(self.model, flash):
+                    logits = self._forward(tokens[:, None], None, (positions + step)[:, None], last_only=False)
+            else:
+                valid[:current, self.cache.length] = True
+                mask = self._decode_mask(valid[:current, :self.cache.length + 1])
+                logits = self._forward(tokens[:, None], mask, (positions + step)[:, None], last_only=False)
             self.cache.advance(1)
 
     def _forward(self, ids: Tensor, mask: Tensor | None, positions: Tensor, *, last_only: bool) -> Tensor:
@@ -247,6 +279,18 @@ class RolloutSampler:
         output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                             past_key_values=self.cache, use_cache=True, **kwargs)
         return output.logits[:, -1, :]
+
+    @staticmethod
+    def _choose_decode_attention(model, requested: str) -> str:
+        reasons = {"shared_prefix": _shared.unsupported_reason(model), "flash": _flash.unsupported_reason(model),
+                   "model": None}
+        if requested == "auto":
+            return next(kind for kind in ("flash", "shared_prefix", "model") if reasons[kind] is None)
+        if requested not in reasons:
+            raise ValueError(f"decode_attention must be 'auto', 'shared_prefix', 'flash' or 'model', got {requested!r}")
+        if reasons[requested] is not None:
+            raise ValueError(f"decode_attention={requested!r} cannot serve this model: {reasons[requested]}")
+        return requested
 
     # ------------------------------------------------------------------ masks
     def _attention_kind(self) -> str:
