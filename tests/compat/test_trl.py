@@ -3,7 +3,6 @@ model, data and seed: the same loss at every step (1e-5) and the same parameters
 several loss types with KL; plus the RolloutSampler as TRL's rollout_func. SGD, not Adam: Adam's
 per-element normalisation turns float32 rounding differences in near-zero gradients into visible
 parameter differences, SGD keeps the comparison as tight as the gradients themselves."""
-import copy
 import math
 
 import pytest
