@@ -10,9 +10,11 @@ import contextlib
 import contextvars
 
 # model types whose decoder attention is plain softmax attention through ALL_ATTENTION_FUNCTIONS (no
-# soft-capping, sinks or alibi); sliding windows are checked separately from the config
+# soft-capping, sinks or alibi); sliding windows are checked separately from the config. VLMs are judged by
+# their text config: InternVL's is llama / qwen2 / ..., Qwen2(.5)-VL's decoder (qwen2_vl_text /
+# qwen2_5_vl_text) is Qwen2's attention with M-RoPE applied before the cache, so plain as well.
 PLAIN_ATTENTION_MODELS = frozenset({"llama", "qwen2", "qwen3", "mistral", "olmo", "olmo2", "granite", "phi3",
-                                    "stablelm", "internlm2"})
+                                    "stablelm", "internlm2", "qwen2_vl_text", "qwen2_5_vl_text"})
 
 
 def text_config(model):

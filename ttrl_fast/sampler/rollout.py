@@ -15,6 +15,12 @@ Per chunk of whole groups (B_c prompts, B_c * G rows <= max_rows):
        compact_threshold of the rows are still decoding they are compacted into a dense prefix, so
        decode time follows the sum of completion lengths rather than rows x the longest.
 Rows come back prompt-major (row = b * G + g, TRL's order).
+
+Multimodal prompts (VLMs): `prefill_inputs` gives each prompt extra kwargs for its prefill forward only
+(pixel_values, image_grid_thw, ...; batched per chunk by positions.batch_prefill), so each image is
+encoded once per prompt and its G rows share the prefilled KV. Models with M-RoPE (Qwen2-VL /
+Qwen2.5-VL) take their prefill positions from the model's get_rope_index and decode at
+cumsum position + a per-prompt delta (positions.MRopePositions); every other model keeps cumsum.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from ttrl_fast.sampler.cache import RolloutCache
 from ttrl_fast.sampler.draw import kernel_params, prompt_key, row_key
 from ttrl_fast.sampler.padding import left_pad, positions_from_mask
 from ttrl_fast.sampler.params import SamplingParams
+from ttrl_fast.sampler.positions import batch_prefill, check_prefill_inputs, position_scheme
 
 
 @dataclass
@@ -94,8 +101,8 @@ class RolloutSampler:
     """Batched KV-cache sampler for GRPO rollouts.
 
     Args:
-        model: an HF causal LM (Llama, Qwen2, ... through the standard Cache API); its dtype and device
-            are used as they are.
+        model: an HF causal LM (Llama, Qwen2, ... through the standard Cache API), or an HF VLM (InternVL,
+            Qwen2(.5)-VL: images through generate's prefill_inputs); its dtype and device are used as they are.
         max_rows: most rows (prompts x G) decoded at once; bigger batches run in chunks of whole groups.
         max_seq_len: cache positions per row; must hold the longest prompt plus max_tokens.
         pad_token_id: fills completions after they stop (default: generation config's pad, else the
@@ -135,18 +142,27 @@ class RolloutSampler:
         self.compact_threshold = compact_threshold
         self.backend = backend or ""
         self.decode_attention = self._choose_decode_attention(model, decode_attention)
+        self._text_config = config  # holds the decoder's attention implementation (a sub-config in VLMs)
+        self.positions = position_scheme(model)  # None: cumsum positions (every text LM, InternVL)
         self.cache = RolloutCache(config.num_hidden_layers, max_rows, max_seq_len)
         self.vocab_size = int(config.vocab_size)
         self._valid: Tensor | None = None  # [max_rows, max_seq_len] bool: key positions that are not padding
         self._masked = True  # False while the current chunk has no padding
 
     # ------------------------------------------------------------------ public
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None) -> RolloutBatch:
-        """Sample params.n completions for each prompt (lists of token ids); see RolloutBatch."""
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None, *,
+                 prefill_inputs: Sequence[dict] | None = None) -> RolloutBatch:
+        """Sample params.n completions for each prompt (lists of token ids); see RolloutBatch.
+
+        prefill_inputs: None, or one dict per prompt of extra model kwargs for its prefill forward
+            (e.g. {"pixel_values": [n_img, 3, H, W]} for InternVL, {"pixel_values": [n_patches, D],
+            "image_grid_thw": [n_img, 3]} for Qwen2.5-VL; the prompt's ids hold the image placeholders).
+        """
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be a ttrl_fast.SamplingParams, got {type(params).__name__}")
         prompts = self._check_prompts(prompts, params)
+        extras = check_prefill_inputs(prefill_inputs, len(prompts))
         group = params.n
         if params.allowed_token_ids is not None and max(params.allowed_token_ids) >= self.vocab_size:
             raise ValueError(f"SamplingParams.allowed_token_ids must be < vocab_size={self.vocab_size}, "
@@ -175,14 +191,15 @@ class RolloutSampler:
                 for first in range(0, len(prompts), per_chunk):
                     chunk = prompts[first:first + per_chunk]
                     self._run_chunk(chunk, first * group, keys[first * group:(first + len(chunk)) * group],
-                                    params, stops, out)
+                                    params, stops, out,
+                                    None if extras is None else extras[first:first + per_chunk], first)
         finally:
             self.model.train(was_training)
         return self._batch(prompts, params, out)
 
     # ------------------------------------------------------------------ steps
     def _run_chunk(self, prompts: list[list[int]], row0: int, keys: Tensor, params: SamplingParams,
-                   stops: list[int], out: dict) -> None:
+                   stops: list[int], out: dict, extras: list[dict] | None = None, first: int = 0) -> None:
         group, device = params.n, self._device()
         prompt_count, rows = len(prompts), len(prompts) * group
         lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int64, device=device)
@@ -191,11 +208,18 @@ class RolloutSampler:
         valid = self._valid_buffer(device)
         valid[:prompt_count, :padded] = prompt_mask
         positions = positions_from_mask(prompt_mask)
+        delta = None  # per-prompt offset of the decode positions (M-RoPE models with images only)
+        prefill_kwargs = {}
+        if extras is not None:
+            prefill_kwargs = batch_prefill(extras, [len(p) for p in prompts], padded, device, first)
+            if self.positions is not None:
+                positions, delta = self.positions.prefill(ids, prompt_mask, prefill_kwargs)
 
         # without padding every key is visible: no mask at all (SDPA's causal / unmasked fast paths)
         self._masked = bool((lengths != padded).any())
         self.cache.reset()
-        logits = self._forward(ids, self._prefill_mask(valid[:prompt_count, :padded]), positions, last_only=True)
+        logits = self._forward(ids, self._prefill_mask(valid[:prompt_count, :padded]), positions, last_only=True,
+                               **prefill_kwargs)
         self.cache.advance(padded)
         sharing = flash = None
         if self.decode_attention == "shared_prefix" and group > 1:
@@ -213,6 +237,8 @@ class RolloutSampler:
 
         row_index = torch.arange(row0, row0 + rows, device=device)  # current row -> output row
         positions = lengths.repeat_interleave(group)  # position of the next token fed, per row
+        if delta is not None:  # M-RoPE: text after an image continues from its max position + 1
+            positions = positions + delta.repeat_interleave(group)
         alive = torch.ones(rows, dtype=torch.bool, device=device)
         stop_ids = torch.tensor(stops, dtype=torch.int64, device=device) if stops else None
         vocab = logits.shape[-1]
@@ -273,11 +299,13 @@ class RolloutSampler:
                 logits = self._forward(tokens[:, None], mask, (positions + step)[:, None], last_only=False)
             self.cache.advance(1)
 
-    def _forward(self, ids: Tensor, mask: Tensor | None, positions: Tensor, *, last_only: bool) -> Tensor:
-        """Next-token logits [rows, V] (last position only)."""
+    def _forward(self, ids: Tensor, mask: Tensor | None, positions: Tensor, *, last_only: bool,
+                 **extra) -> Tensor:
+        """Next-token logits [rows, V] (last position only). positions: [rows, q], or [3, rows, q] for
+        M-RoPE prefill; extra: the prefill's image kwargs."""
         kwargs = {"logits_to_keep": 1} if last_only else {}
         output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                            past_key_values=self.cache, use_cache=True, **kwargs)
+                            past_key_values=self.cache, use_cache=True, **kwargs, **extra)
         return output.logits[:, -1, :]
 
     @staticmethod
@@ -294,7 +322,7 @@ class RolloutSampler:
 
     # ------------------------------------------------------------------ masks
     def _attention_kind(self) -> str:
-        return getattr(self.model.config, "_attn_implementation", None) or "sdpa"
+        return getattr(self._text_config, "_attn_implementation", None) or "sdpa"
 
     def _as_model_mask(self, allowed: Tensor) -> Tensor:
         """A 4D [rows, 1, q, kv] mask in the format the model's attention takes as-is."""
