@@ -8,6 +8,9 @@
 with the old log-probs taken from the sampler (no second forward) and the loss, KL and clipping fused
 in ttrl_fast.policy_loss. `step` runs all of it; `rollout`, `score` and `update` are exposed so that a
 caller (TestTimeAdapter) can serve an output between scoring and updating.
+
+Under torchrun each rank updates on its own prompts and the gradients are averaged (ttrl_fast/distributed.py);
+token-level losses are normalised by the global token count, metrics are global.
 """
 from __future__ import annotations
 
@@ -18,11 +21,15 @@ from typing import Sequence
 import torch
 
 from ttrl_fast.advantages import group_advantages
+from ttrl_fast import distributed as dp
 from ttrl_fast.grpo.config import GRPOConfig
 from ttrl_fast.losses import policy_loss
 from ttrl_fast.policy.base import Policy
 from ttrl_fast.reference.sampling import mix32_int
 from ttrl_fast.tta.types import Prompt, RewardBatch, Rollouts
+
+
+TOKEN_NORMALISED = ("dapo", "cispo", "vespo")  # losses normalised by a token count (num_items_in_batch)
 
 
 @dataclass
@@ -100,38 +107,45 @@ class GRPOTrainer:
         prompts = len(rollouts.prompts)
         per_step = c.minibatch_prompts or prompts
         metrics: dict[str, list[float]] = {}
+        _, world = dp.rank_and_world()
         for epoch in range(c.ppo_epochs):
             for first in range(0, prompts, per_step):
                 rows = list(range(first * group, min(prompts, first + per_step) * group))
                 logp = self.policy.token_logprobs(rollouts, rows)
+                num_items = None  # token-level losses: the global token count per rank (TRL's convention)
+                if world > 1 and c.loss_type in TOKEN_NORMALISED:
+                    num_items = dp.global_sum(mask[rows].sum()) / world
                 loss, m = policy_loss(logp, old[rows], advantages[rows], mask[rows],
                                       ref_logp=None if ref is None else ref[rows], loss_type=c.loss_type,
                                       epsilon_low=c.epsilon, epsilon_high=c.epsilon_high, beta=c.beta,
-                                      kl_estimator=c.kl_estimator)
+                                      kl_estimator=c.kl_estimator, num_items_in_batch=num_items)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                dp.average_gradients(self.policy.trainable_parameters())  # DDP's mean, before clipping
                 grad_norm = self._clip()
                 for g in self.optimizer.param_groups:
                     g["lr"] = c.learning_rate * self.lr_scale * lr_factor(c, self.update_count)
                 self.optimizer.step()
                 self.update_count += 1
-                row_metrics = {k: float(v) for k, v in m.items()}
+                row_metrics = {k: float(v) for k, v in m.all_reduce().items()}
                 row_metrics["grad_norm"] = grad_norm
                 if epoch == 0 and first == 0:
                     # sampler vs trainer log-prob gap at the first update (ratio 1 up to rounding)
                     sel = mask[rows]
-                    row_metrics["sampler_logprob_gap"] = float((logp.detach() - old[rows])[sel].abs().max()) \
-                        if bool(sel.any()) else 0.0
+                    row_metrics["sampler_logprob_gap"] = dp.global_max(
+                        float((logp.detach() - old[rows])[sel].abs().max()) if bool(sel.any()) else 0.0)
                 for k, v in row_metrics.items():
                     metrics.setdefault(k, []).append(v)
         self.step_count += 1
         out = {k: sum(v) / len(v) for k, v in metrics.items()}
-        finite = values[~torch.isnan(values)]
+        everyone = dp.gather_values(values.float().cpu())  # rewards of all ranks' rollouts
+        finite = everyone[~torch.isnan(everyone)]
+        zero_std = dp.gather_values(stats["frac_zero_std"].reshape(1).float().cpu()).mean()
         out.update({
             "reward_mean": float(finite.mean()) if finite.numel() else float("nan"),
             "reward_std": float(finite.std()) if finite.numel() > 1 else 0.0,
-            "frac_zero_std_groups": float(stats["frac_zero_std"]),
-            "completion_length": float(mask.sum(-1).float().mean()),
+            "frac_zero_std_groups": float(zero_std),
+            "completion_length": float(dp.gather_values(mask.sum(-1).float().cpu()).mean()),
             "lr": self.optimizer.param_groups[0]["lr"],
         })
         return out

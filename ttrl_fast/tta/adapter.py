@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
+from ttrl_fast import distributed as dp
 from ttrl_fast.tta.guard import DivergenceGuard
 from ttrl_fast.tta.types import Prompt, RewardBatch, Rollouts
 
@@ -150,15 +151,16 @@ class TestTimeAdapter:
                 break
             episode, members, serve = plan[index]
             self._maybe_reset(plan, index)
-            batch = [prompts[i] for i in members]
+            step_prompts = [prompts[i] for i in members]
+            batch = dp.shard(step_prompts)  # under torchrun: this rank's share (all of it on one process)
             if hasattr(self.monitor, "prepare"):
                 self.monitor.prepare(batch)  # 1 monitoring plan (rubrics, cached per prompt)
             rollouts = self.trainer.rollout(batch)  # 2 generation
             rewards = self.monitor.score(rollouts)  # 3 self-monitoring
-            served = self._serve(rollouts, rewards, episode) if serve else []  # 4 serve
-            metrics = self.trainer.update(rollouts, rewards)  # 5 control
+            served = dp.gather_objects(self._serve(rollouts, rewards, episode) if serve else [])  # 4 serve
+            metrics = self.trainer.update(rollouts, rewards)  # 5 control (global metrics)
             event = self.guard.observe(self.trainer, metrics) if self.guard is not None else None
-            record = {**metrics, "step": index, "episode": episode, "prompt_ids": [p.id for p in batch]}
+            record = {**metrics, "step": index, "episode": episode, "prompt_ids": [p.id for p in step_prompts]}
             if event:
                 record["guard"] = event
             report.history.append(record)
@@ -215,15 +217,20 @@ class TestTimeAdapter:
         return served
 
     # ------------------------------------------------------------------ durability
+    def _writer(self) -> bool:
+        """Whether this process writes the run dir (rank 0; every rank holds the same state)."""
+        return self.run_dir is not None and dp.rank_and_world()[0] == 0
+
     def _fresh(self) -> int:
-        if self.run_dir is not None:
+        if self._writer():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for name in ("metrics.jsonl", "served.jsonl", "state.json"):
                 (self.run_dir / name).unlink(missing_ok=True)
+        dp.barrier()
         return 0
 
     def _persist(self, steps_done: int, record: dict, served: list[dict]) -> None:
-        if self.run_dir is None:
+        if not self._writer():
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -261,6 +268,7 @@ class TestTimeAdapter:
             raise ValueError("resume=True needs run_dir")
         state_path = self.run_dir / "state.json"
         if not state_path.exists():
+            dp.barrier()  # no rank may start wiping files while another is still checking
             return self._fresh()
         steps_done = json.loads(state_path.read_text())["steps_done"]
         from safetensors.torch import load_file
@@ -289,7 +297,9 @@ class TestTimeAdapter:
         unknown = {s["id"] for s in served} - set(ids)
         if unknown:
             raise ValueError(f"run_dir {self.run_dir} was made with other prompts (e.g. {sorted(unknown)[:3]})")
-        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-        served_path.write_text("".join(json.dumps(s) + "\n" for s in served))
+        dp.barrier()  # every rank has read the files before rank 0 trims them
+        if self._writer():
+            (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+            served_path.write_text("".join(json.dumps(s) + "\n" for s in served))
         report.history, report.served, report.steps = history, served, steps_done
         return steps_done
