@@ -53,11 +53,14 @@ class HFCausalLMPolicy(Policy):
         logprob_rows: rows per forward when computing log-probs (bounds activation memory).
         frozen_copy: without LoRA, keep a frozen copy of the initial model (the reference policy and the
             frozen critic); False saves the memory when beta == 0 and the critic is live or external.
+        rollout_sampler: another engine with RolloutSampler's generate() contract, e.g.
+            ttrl_fast.sampler.vllm_backend.VLLMRolloutSampler; its sync_weights(model), if any, runs before
+            every generation so the engine samples from the weights being trained.
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, *, lora: LoraSettings | None = None, max_rows: int = 64,
                  max_seq_len: int = 1024, encode: Callable[[str], list[int]] | None = None,
-                 logprob_rows: int | None = None, frozen_copy: bool = True):
+                 logprob_rows: int | None = None, frozen_copy: bool = True, rollout_sampler=None):
         if lora is not None and not _is_peft(model):
             model = add_lora(model, lora)
         self.model = model
@@ -65,9 +68,9 @@ class HFCausalLMPolicy(Policy):
         self._encode = encode
         self.logprob_rows = logprob_rows
         eos = getattr(tokenizer, "eos_token_id", None)
-        self.sampler = RolloutSampler(model, max_rows=max_rows, max_seq_len=max_seq_len,
-                                      eos_token_ids=None if eos is None else [eos],
-                                      pad_token_id=getattr(tokenizer, "pad_token_id", None))
+        self.sampler = rollout_sampler or RolloutSampler(model, max_rows=max_rows, max_seq_len=max_seq_len,
+                                                         eos_token_ids=None if eos is None else [eos],
+                                                         pad_token_id=getattr(tokenizer, "pad_token_id", None))
         self._frozen: nn.Module | None = None  # the initial model, only when every weight trains
         self._temperature = 1.0
         self._critics: dict[str, Understander] = {}
@@ -86,6 +89,8 @@ class HFCausalLMPolicy(Policy):
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> Rollouts:
         prompts = list(prompts)
+        if hasattr(self.sampler, "sync_weights"):  # an external engine holds its own copy of the weights
+            self.sampler.sync_weights(self.model)
         batch = self.sampler.generate([self.prompt_tokens(p) for p in prompts], params)
         self._temperature = 1.0 if params.greedy else params.temperature
         outputs = [self.decode(ids, reason) for ids, reason in zip(batch.completions(), batch.finish_reason)]
