@@ -12,8 +12,12 @@ of sum(all tokens' losses) / all tokens; sequence-mean losses (grpo, ...) averag
 the global mean because every rank gets the same number of prompts (enforced by `shard`).
 
 Sampling needs no coordination: the sampler's noise is keyed by (seed, prompt content, g, step), so a
-rank draws exactly what a single process would draw for the same prompts. FSDP (sharded parameters) is
-not supported by this loop: models must fit one device (LoRA makes 7B-class models fit one GPU).
+rank draws exactly what a single process would draw for the same prompts.
+
+FSDP2 (sharded parameters): `shard_fsdp2(policy)` applies torch's fully_shard to an HFCausalLMPolicy's
+decoder layers, decoder and LM head (as a FusedLinearHead module, so the fused log-prob head is gathered
+by its own hooks) and the root; FSDP2 then averages the gradients itself (reduce-scatter) and
+`average_gradients` leaves sharded parameters alone.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
     rank contribute zeros, so every rank runs the same collective."""
     if not active():
         return
+    params = [p for p in params if not hasattr(p, "device_mesh")]  # FSDP2 DTensors: already reduce-scattered
     world = dist.get_world_size()
     by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
     for p in params:
@@ -103,3 +108,31 @@ def gather_objects(items: list) -> list:
 def barrier() -> None:
     if active():
         dist.barrier()
+
+
+def shard_fsdp2(policy) -> None:
+    """FSDP2 for an HFCausalLMPolicy that trains every weight (and its frozen reference copy): each decoder
+    layer, the decoder (embeddings, final norm), the LM head and the root become fully_shard units.
+    Tied input / output embeddings cannot live in two units: untie them first. Call after
+    torch.distributed is initialised and before building the GRPOTrainer (its optimizer must see the
+    sharded parameters)."""
+    from torch.distributed.fsdp import fully_shard
+
+    from ttrl_fast.fused_linear import FusedLinearHead
+
+    if hasattr(policy.model, "peft_config"):
+        raise ValueError("shard_fsdp2 shards full-weight training; with LoRA every rank can hold the model "
+                         "(plain data parallelism, nothing to call)")
+    for model in [policy.model] + ([policy._frozen] if getattr(policy, "_frozen", None) is not None else []):
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
+        if head.weight is decoder.get_input_embeddings().weight:
+            raise ValueError("shard_fsdp2: the model ties its input and output embeddings (one tensor cannot be "
+                             "sharded in two FSDP units); untie them (config.tie_word_embeddings=False) first")
+        if type(head) is not torch.nn.Linear:
+            raise ValueError(f"shard_fsdp2: the LM head is a {type(head).__name__}, expected nn.Linear")
+        head.__class__ = FusedLinearHead  # same parameters and keys; forward also serves fused log-probs
+        for layer in decoder.layers:
+            fully_shard(layer)
+        fully_shard(decoder)
+        fully_shard(head)
+        fully_shard(model)

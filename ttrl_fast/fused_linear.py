@@ -460,3 +460,17 @@ def fused_linear_grpo_loss(
            knobs["loss_type"], knobs, out)
     loss = _FusedLinearGRPO.apply(hidden2d, weight, bias, flat, valid, mask_f, (old, adv, ref, ratio), cfg)
     return loss, out["metrics"]
+
+
+class FusedLinearHead(torch.nn.Linear):
+    """An LM head that is still an nn.Linear (same parameters, same state-dict keys, same forward for the
+    model's own logits) but can also return fused log-probs: head(x, targets=..., temperature=...).
+
+    Calling the head as a module matters under FSDP2: its sharded weight is gathered by the module's own
+    pre-forward hook and its gradient reduce-scattered after backward, which reading `head.weight`
+    directly would bypass. ttrl_fast.distributed.shard_fsdp2 turns a model's head into one."""
+
+    def forward(self, input: Tensor, targets: Tensor | None = None, temperature: float = 1.0):
+        if targets is None:
+            return super().forward(input)
+        return fused_linear_logprobs(input, self.weight, targets, bias=self.bias, temperature=temperature)

@@ -90,3 +90,45 @@ def _uneven(rank: int, world: int, init: str) -> None:
 
 def test_uneven_batches_are_refused(tmp_path):
     mp.spawn(_uneven, args=(2, f"file://{tmp_path / 'store'}"), nprocs=2, join=True)
+
+
+def _fsdp_worker(rank: int, world: int, init: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        from ttrl_fast.distributed import shard_fsdp2
+
+        torch.manual_seed(0)
+        config = GRPOConfig(group_size=4, max_new_tokens=6, learning_rate=5e-2, beta=0.04, lora=None,
+                            loss_type="dapo", seed=3)
+        policy = HFCausalLMPolicy(tiny_lm(), TOKENIZER, lora=None, max_rows=16, max_seq_len=64)
+        shard_fsdp2(policy)
+        assert type(policy.model.model.layers[0].self_attn.q_proj.weight).__name__ == "DTensor"
+        trainer = GRPOTrainer(policy, config, monitor=CodeSum())
+        report = TestTimeAdapter(trainer, trainer.monitor,
+                                 config=AdaptConfig(prompts_per_step=4, episodes=1)).run(STREAM)
+        torch.save({"state": policy.trainable_state(), "history": report.history}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_two_ranks_match_one_process(tmp_path):
+    mp.spawn(_fsdp_worker, args=(2, f"file://{tmp_path / 'store'}", str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    single_state, single = adapt("dapo")
+    for name, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][name]), name
+        torch.testing.assert_close(value, single_state[name], rtol=0, atol=2e-4, msg=name)
+    for mine, ref in zip(ranks[0]["history"], single.history):
+        assert mine["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
+        assert mine["policy_loss"] == pytest.approx(ref["policy_loss"], rel=1e-4, abs=1e-6)
+
+
+def test_fsdp2_refuses_tied_embeddings():
+    from ttrl_fast.distributed import shard_fsdp2
+
+    model = tiny_lm()
+    model.lm_head.weight = model.model.embed_tokens.weight
+    policy = HFCausalLMPolicy(model, TOKENIZER, lora=None, frozen_copy=False, max_rows=4, max_seq_len=16)
+    with pytest.raises(ValueError, match="ties its input and output embeddings"):
+        shard_fsdp2(policy)

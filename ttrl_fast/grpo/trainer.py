@@ -156,5 +156,7 @@ class GRPOTrainer:
             return 0.0
         limit = self.config.max_grad_norm
         if limit is None:
-            return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
-        return float(torch.nn.utils.clip_grad_norm_(params, limit))
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2: a DTensor norm

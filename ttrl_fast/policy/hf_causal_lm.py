@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ttrl_fast.fused_linear import fused_linear_logprobs
+from ttrl_fast.fused_linear import FusedLinearHead, fused_linear_logprobs
 from ttrl_fast.grpo.config import LoraSettings
 from ttrl_fast.policy.base import Policy
 from ttrl_fast.sampler.padding import left_pad, positions_from_mask
@@ -130,6 +130,8 @@ class HFCausalLMPolicy(Policy):
                                          use_cache=False).last_hidden_state
             head = model.get_output_embeddings()
             targets = completions.masked_fill(~completion_mask, -100)
+            if isinstance(head, FusedLinearHead):  # a module call (FSDP2 gathers the sharded head around it)
+                return head(hidden[:, width - 1:-1], targets=targets, temperature=self._temperature)
             return fused_linear_logprobs(hidden[:, width - 1:-1], head.weight, targets,
                                          bias=getattr(head, "bias", None), temperature=self._temperature)
 
@@ -141,7 +143,9 @@ class HFCausalLMPolicy(Policy):
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
     def trainable_state(self) -> dict[str, Tensor]:
-        return {n: p.detach().clone() for n, p in self._trainable_named()}
+        # full tensors also under FSDP2 (DTensor shards are gathered): checkpoints do not depend on the layout
+        return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+                for n, p in self._trainable_named()}
 
     def load_trainable_state(self, state: dict[str, Tensor]) -> None:
         named = dict(self._trainable_named())
@@ -150,7 +154,12 @@ class HFCausalLMPolicy(Policy):
             raise ValueError(f"trainable state lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
         with torch.no_grad():
             for name, param in named.items():
-                param.copy_(state[name])
+                if hasattr(param, "device_mesh"):  # an FSDP2 shard: keep this rank's part of the full tensor
+                    from torch.distributed.tensor import distribute_tensor
+
+                    param.copy_(distribute_tensor(state[name].to(param.dtype), param.device_mesh, param.placements))
+                else:
+                    param.copy_(state[name])
 
     def critic(self, mode: str = "frozen_init") -> Understander:
         if mode not in ("frozen_init", "live"):

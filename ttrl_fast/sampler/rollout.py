@@ -187,7 +187,10 @@ class RolloutSampler:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            # inference_mode is faster, but FSDP2 reuses its gathered-parameter buffers in training, which
+            # must not become inference tensors: plain no_grad for sharded models
+            sharded = any(hasattr(p, "device_mesh") for p in self.model.parameters())
+            with torch.no_grad() if sharded else torch.inference_mode():
                 for first in range(0, len(prompts), per_chunk):
                     chunk = prompts[first:first + per_chunk]
                     self._run_chunk(chunk, first * group, keys[first * group:(first + len(chunk)) * group],
