@@ -80,3 +80,28 @@ def test_bad_prompt_file(tmp_path):
     bad.write_text('{"id": 1}\n')
     with pytest.raises(SystemExit, match="prompt"):
         cli.read_prompts(bad)
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_adapt_under_torchrun_two_processes(model_dir, tmp_path, fsdp):
+    import os
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"what is {i} plus {i}?"}) + "\n"
+                               for i in range(4)))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "ttrl_fast.cli", "adapt", "--model", str(model_dir), "--prompts", str(prompts), "--reward",
+           "consensus", "--out", str(out), "--group-size", "2", "--prompts-per-step", "2", "--max-new-tokens", "5",
+           "--max-seq-len", "128", "--lr", "1e-3", "--no-progress"] + (["--full", "--fsdp"] if fsdp else [])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2  # two steps of 2 prompts (1 per rank), written once by rank 0
+    assert [m["prompt_ids"] for m in metrics] == [["q0", "q1"], ["q2", "q3"]]
+    served = [json.loads(l) for l in (out / "served.jsonl").read_text().splitlines()]
+    assert sorted(s["id"] for s in served) == ["q0", "q1", "q2", "q3"]  # gathered from both ranks
+    assert (out / "checkpoint" / "adapter.safetensors").exists()

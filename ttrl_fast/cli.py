@@ -76,6 +76,9 @@ def adapt(args) -> int:
     from ttrl_fast.policy import HFCausalLMPolicy
     from ttrl_fast.tta import AdaptConfig, DivergenceGuard, TestTimeAdapter
 
+    world = _init_distributed()  # under torchrun: one process per rank, each adapting on its share
+    if args.prompts_per_step % world:
+        raise SystemExit(f"--prompts-per-step {args.prompts_per_step} must be a multiple of the {world} processes")
     torch.manual_seed(args.seed)
     prompts = read_prompts(args.prompts)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
@@ -85,8 +88,15 @@ def adapt(args) -> int:
     config = GRPOConfig(group_size=args.group_size, learning_rate=args.lr, beta=args.beta, ppo_epochs=args.ppo_epochs,
                         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         lora=lora, seed=args.seed)
-    policy = HFCausalLMPolicy(model, tokenizer, lora=lora, max_rows=max(args.group_size * args.prompts_per_step, 1),
+    policy = HFCausalLMPolicy(model, tokenizer, lora=lora, max_rows=max(args.group_size * args.prompts_per_step // world,
+                                                                           1),
                               max_seq_len=args.max_seq_len)
+    if args.fsdp:
+        from ttrl_fast.distributed import shard_fsdp2
+
+        if lora is not None or world == 1:
+            raise SystemExit("--fsdp shards full-weight training (--full) across torchrun processes")
+        shard_fsdp2(policy)
     critic = policy.critic(args.critic)
     monitor = build_monitor(args.monitor, critic, prompts)
     trainer = GRPOTrainer(policy, config, monitor=monitor)
@@ -105,8 +115,31 @@ def adapt(args) -> int:
                               extract=extract_answer if args.monitor == "consensus" else None, on_step=on_step)
     report = adapter.run(prompts, resume=args.resume)
     bar.close()
-    print(f"{report.steps} steps ({report.stopped}); {len(report.served)} prompts served -> {args.out}")
+    if dp_rank() == 0:
+        print(f"{report.steps} steps ({report.stopped}); {len(report.served)} prompts served -> {args.out}")
     return 0
+
+
+def dp_rank() -> int:
+    from ttrl_fast.distributed import rank_and_world
+
+    return rank_and_world()[0]
+
+
+def _init_distributed() -> int:
+    """torchrun sets WORLD_SIZE / RANK / MASTER_ADDR: start the process group (nccl on GPU, else gloo)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return world
 
 
 def _progress(total: int, disabled: bool):
@@ -129,7 +162,8 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("adapt", help="self-monitoring test-time RL on a stream of prompts")
     a.add_argument("--model", required=True, help="local path or hub id of a causal LM")
     a.add_argument("--prompts", required=True, help="JSONL file, one {\"prompt\": ...} per line")
-    a.add_argument("--monitor", required=True, choices=MONITORS)
+    # --reward is the same option: torchrun's own parser mistakes --monitor for its --monitor-interval
+    a.add_argument("--monitor", "--reward", dest="monitor", required=True, choices=MONITORS)
     a.add_argument("--out", required=True, help="run directory (metrics, served outputs, checkpoint)")
     a.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     a.add_argument("--critic", default="frozen_init", choices=("frozen_init", "live"))
@@ -148,6 +182,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--top-p", type=float, default=1.0)
     a.add_argument("--lora-r", type=int, default=8)
     a.add_argument("--full", action="store_true", help="train every weight (default: a LoRA adapter)")
+    a.add_argument("--fsdp", action="store_true", help="under torchrun with --full: shard the model (FSDP2)")
     a.add_argument("--guard", action="store_true", help="roll back and lower the lr when the reward collapses")
     a.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     a.add_argument("--seed", type=int, default=0)

@@ -148,6 +148,7 @@ class RolloutSampler:
         self.vocab_size = int(config.vocab_size)
         self._valid: Tensor | None = None  # [max_rows, max_seq_len] bool: key positions that are not padding
         self._masked = True  # False while the current chunk has no padding
+        self._lockstep = False  # True while generating with an FSDP2-sharded model (see _any_rank_alive)
 
     # ------------------------------------------------------------------ public
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None, *,
@@ -190,6 +191,7 @@ class RolloutSampler:
             # inference_mode is faster, but FSDP2 reuses its gathered-parameter buffers in training, which
             # must not become inference tensors: plain no_grad for sharded models
             sharded = any(hasattr(p, "device_mesh") for p in self.model.parameters())
+            self._lockstep = sharded  # FSDP2: every rank must run the same forwards (collectives inside)
             with torch.no_grad() if sharded else torch.inference_mode():
                 for first in range(0, len(prompts), per_chunk):
                     chunk = prompts[first:first + per_chunk]
@@ -272,10 +274,10 @@ class RolloutSampler:
                 hit = torch.isin(tokens, stop_ids) & alive
                 out["stopped"][row_index[hit]] = True
                 alive &= ~hit
-            if step == params.max_tokens - 1 or not bool(alive.any()):
+            if step == params.max_tokens - 1 or not self._any_rank_alive(alive):
                 break
             count = int(alive.sum())
-            if count < self.compact_threshold * alive.numel():  # drop finished rows from the batch
+            if 0 < count < self.compact_threshold * alive.numel():  # drop finished rows from the batch
                 keep = alive.nonzero().squeeze(1)
                 self.cache.keep_rows(keep)
                 valid[:count, :self.cache.length] = valid[:alive.numel(), :self.cache.length].index_select(0, keep)
@@ -357,6 +359,16 @@ class RolloutSampler:
         return self._as_model_mask(valid[:, None, None, :])
 
     # ------------------------------------------------------------------ helpers
+    def _any_rank_alive(self, alive: Tensor) -> bool:
+        """Whether any row still decodes, on this rank or, for FSDP2-sharded models, on any rank: a rank
+        whose rows all stopped keeps stepping (its outputs are not recorded) so the gathers stay paired."""
+        local = bool(alive.any())
+        if not getattr(self, "_lockstep", False):
+            return local
+        flag = torch.tensor([int(local)], device=alive.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 

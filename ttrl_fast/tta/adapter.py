@@ -230,6 +230,10 @@ class TestTimeAdapter:
         return 0
 
     def _persist(self, steps_done: int, record: dict, served: list[dict]) -> None:
+        if self.run_dir is None:
+            return
+        # every rank gathers the weights (FSDP2 shards need a collective); rank 0 alone writes
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.trainer.policy.trainable_state().items()}
         if not self._writer():
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
@@ -237,14 +241,13 @@ class TestTimeAdapter:
         with open(self.run_dir / "served.jsonl", "a") as f:
             for item in served:
                 f.write(json.dumps(item) + "\n")
-        self._checkpoint(steps_done)
+        self._checkpoint(steps_done, weights)
 
-    def _checkpoint(self, steps_done: int) -> None:
+    def _checkpoint(self, steps_done: int, weights: dict) -> None:
         from safetensors.torch import save_file
 
         tmp = self.run_dir / "checkpoint.tmp"
         tmp.mkdir(exist_ok=True)
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.trainer.policy.trainable_state().items()}
         save_file(weights, str(tmp / "adapter.safetensors"))
         torch.save({"optimizer": self.trainer.optimizer.state_dict(), "step_count": self.trainer.step_count,
                     "update_count": self.trainer.update_count, "lr_scale": self.trainer.lr_scale,
