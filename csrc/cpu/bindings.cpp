@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <algorithm>
+#include <atomic>
 #include <optional>
 #include <vector>
 #include <string>
@@ -11,6 +13,7 @@
 
 #include "gemm_bf16.h"
 #include "large_buffers.h"
+#include "linear_skinny_f32.h"
 #include "policy_loss.h"
 #include "sampling.h"
 #include "selective_log_softmax.h"
@@ -291,6 +294,62 @@ void gemm_bf16_nt_f32_binding(const at::Tensor& a, const at::Tensor& b, const at
                    portable);
 }
 
+// out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]), all fp32 (linear_skinny_f32.h). Threads split the
+// columns; every element is computed by one thread in the fixed order of linear_f32_math.h, so the
+// result does not depend on the thread count or on which thread took which columns.
+at::Tensor linear_f32_binding(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                              bool portable) {
+  const char* fn = "ttrl_fast linear_f32: ";
+  const auto check_operand = [fn](const at::Tensor& t, const char* name, const char* shape) {
+    TORCH_CHECK(t.device().is_cpu(), fn, name, " must be a CPU tensor, got device ", t.device());
+    TORCH_CHECK(t.scalar_type() == at::kFloat, fn, name, " must be float32, got ", t.scalar_type(), " (shape ",
+                t.sizes(), ")");
+    TORCH_CHECK(t.dim() == 2, fn, name, " must be 2-D ", shape, ", got ", t.dim(), "-D shape ", t.sizes());
+    TORCH_CHECK(t.size(1) <= 1 || t.stride(1) == 1, fn, name, ".stride(1) must be 1 (rows contiguous; any row ",
+                "stride), got shape ", t.sizes(), " strides ", t.strides());
+    TORCH_CHECK(t.size(0) <= 1 || t.stride(0) >= 0, fn, name, ".stride(0) must be non-negative, got strides ",
+                t.strides());
+  };
+  check_operand(x, "x", "[M, K]");
+  check_operand(w, "weight", "[N, K] (the nn.Linear layout)");
+  const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
+  TORCH_CHECK(w.size(1) == K, fn, "x and weight must share the inner dimension K: x ", x.sizes(), " is [M, K] and ",
+              "weight ", w.sizes(), " is [N, K]");
+  const float* bias_ptr = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    const at::Tensor& b = *bias;
+    TORCH_CHECK(b.device().is_cpu(), fn, "bias must be a CPU tensor, got device ", b.device());
+    TORCH_CHECK(b.scalar_type() == at::kFloat, fn, "bias must be float32, got ", b.scalar_type());
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == N && (N <= 1 || b.stride(0) == 1), fn,
+                "bias must be a contiguous [N] = [", N, "] tensor (N = weight.size(0)), got shape ", b.sizes(),
+                " strides ", b.strides());
+    bias_ptr = b.data_ptr<float>();
+  }
+  at::Tensor out = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return out;
+  const LinearF32Problem problem{x.data_ptr<float>(), x.stride(0), w.data_ptr<float>(), w.stride(0), bias_ptr,
+                                 out.data_ptr<float>(), N, M, N, K};
+  // Columns go in blocks of 4 (the kernel's register block). A small layer (< 512K multiply-adds)
+  // runs on the calling thread; else the threads take chunks of column blocks (>= 64K multiply-adds,
+  // ~8 per thread) from a shared counter, so a thread slowed by other load on its core holds up the
+  // call by one chunk at most.
+  const int64_t blocks = (N + 3) / 4;
+  const int64_t per_block = 4 * std::max<int64_t>(K, 1) * std::min<int64_t>(M, 64);
+  const int64_t threads = at::get_num_threads();
+  if (threads <= 1 || at::in_parallel_region() || blocks * per_block < (int64_t{1} << 19)) {
+    linear_f32_cols(problem, 0, N, portable);
+    return out;
+  }
+  const int64_t chunk = std::max((int64_t{1} << 16) / per_block + 1, (blocks + 8 * threads - 1) / (8 * threads));
+  const int64_t chunks = (blocks + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1))
+      linear_f32_cols(problem, 4 * c * chunk, std::min(N, 4 * (c + 1) * chunk), portable);
+  });
+  return out;
+}
+
 // sample_tokens (raw contract in ttrl_fast/kernels/__init__.py; kernel in sampling_kernel.h).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_fwd(
     const at::Tensor& logits, const at::Tensor& row_keys, int64_t step, const std::optional<at::Tensor>& seen,
@@ -413,6 +472,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "out[M, N] (fp32) = a[M, K] @ b[N, K]^T (+ bias[N]); a, b bfloat16 with contiguous rows, fp32 "
         "accumulation. portable=True forces the plain C++ fallback (tests).");
   m.def("gemm_bf16_has_native", &gemm_bf16_has_native, "True when the avx512-bf16 GEMM kernel runs here.");
+  m.def("linear_f32", &linear_f32_binding, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(),
+        py::arg("portable") = false,
+        "out[M, N] = x[M, K] @ weight[N, K]^T (+ bias[N]), float32 with fp32 accumulation in a fixed order "
+        "(bitwise reproducible, thread-count independent); x and weight 2-D with contiguous rows. "
+        "portable=True forces the plain C++ fallback (tests).",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("linear_f32_has_native", &linear_f32_has_native, "True when the AVX-512 linear_f32 kernel runs here.");
   m.def("release_cached_memory", &release_cached, "Frees the cached gradient block; returns its bytes.");
   m.def("cached_memory", &cached_bytes, "Bytes held by the gradient block cache.");
   m.def("build_info", []() {

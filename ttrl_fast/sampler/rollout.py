@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ttrl_fast.cpu_linear import decode_linears
 from ttrl_fast.ops import sampling as _sampling_op
 from ttrl_fast.sampler import flash_decode as _flash
 from ttrl_fast.sampler import shared_prefix as _shared
@@ -192,7 +193,9 @@ class RolloutSampler:
             # must not become inference tensors: plain no_grad for sharded models
             sharded = any(hasattr(p, "device_mesh") for p in self.model.parameters())
             self._lockstep = sharded  # FSDP2: every rank must run the same forwards (collectives inside)
-            with torch.no_grad() if sharded else torch.inference_mode():
+            # fp32 CPU decode steps: the model's linear layers on ttrl_fast's skinny GEMM (MKL's small-M
+            # paths are slow on AMD CPUs; cpu_linear.py), restored when generate returns
+            with torch.no_grad() if sharded else torch.inference_mode(), decode_linears(self.model):
                 for first in range(0, len(prompts), per_chunk):
                     chunk = prompts[first:first + per_chunk]
                     self._run_chunk(chunk, first * group, keys[first * group:(first + len(chunk)) * group],
