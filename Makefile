@@ -12,7 +12,7 @@ SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 
 build/.installed: $(SOURCES)
 	$(PIP) install -q "$(TORCH_SPEC)" "setuptools>=64" wheel
-	$(PIP) install -q ninja pytest pytest-xdist expecttest
+	$(PIP) install -q ninja pytest pytest-xdist expecttest hypothesis pytest-benchmark
 	# parity targets of the tests (TRL's own loss code, Liger's kernels under the Triton interpreter)
 	$(PIP) install -q trl==1.16.0 liger-kernel==0.8.5
 	# the GRPO loop: LoRA adapters (reference policy = adapter off), checkpoints, progress bars, the demo's plot

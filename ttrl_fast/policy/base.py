@@ -6,6 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ttrl_fast.sampler.params import SamplingParams
@@ -39,3 +40,35 @@ class Policy(ABC):
     def critic(self, mode: str = "frozen_init") -> Understander:
         """The model's own understanding side: "frozen_init" (the initial weights, Meta-TTRL Algorithm 1)
         or "live" (the weights being trained)."""
+
+
+class ModelWeights:
+    """Policy weight handling for policies that train `self.model` (its parameters with requires_grad:
+    a LoRA adapter or every weight); full tensors also under FSDP2, so checkpoints do not depend on
+    the layout."""
+
+    model: nn.Module
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _trainable_named(self):
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+                for n, p in self._trainable_named()}
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        named = dict(self._trainable_named())
+        missing = set(named) - set(state)
+        if missing:
+            raise ValueError(f"trainable state lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+        with torch.no_grad():
+            for name, param in named.items():
+                if hasattr(param, "device_mesh"):  # an FSDP2 shard: keep this rank's part of the full tensor
+                    from torch.distributed.tensor import distribute_tensor
+
+                    param.copy_(distribute_tensor(state[name].to(param.dtype), param.device_mesh, param.placements))
+                else:
+                    param.copy_(state[name])

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ttrl_fast.fused_linear import FusedLinearHead, fused_linear_logprobs
 from ttrl_fast.grpo.config import LoraSettings
-from ttrl_fast.policy.base import Policy
+from ttrl_fast.policy.base import ModelWeights, Policy
 from ttrl_fast.sampler.padding import left_pad, positions_from_mask
 from ttrl_fast.sampler.params import SamplingParams
 from ttrl_fast.sampler.rollout import RolloutSampler
@@ -41,7 +41,7 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     return get_peft_model(model, config)
 
 
-class HFCausalLMPolicy(Policy):
+class HFCausalLMPolicy(ModelWeights, Policy):
     """An HF causal LM plus a tokenizer (anything with encode/decode) as the policy being adapted.
 
     Args:
@@ -135,32 +135,7 @@ class HFCausalLMPolicy(Policy):
             return fused_linear_logprobs(hidden[:, width - 1:-1], head.weight, targets,
                                          bias=getattr(head, "bias", None), temperature=self._temperature)
 
-    # ------------------------------------------------------------------ weights
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def _trainable_named(self):
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def trainable_state(self) -> dict[str, Tensor]:
-        # full tensors also under FSDP2 (DTensor shards are gathered): checkpoints do not depend on the layout
-        return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
-                for n, p in self._trainable_named()}
-
-    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
-        named = dict(self._trainable_named())
-        missing = set(named) - set(state)
-        if missing:
-            raise ValueError(f"trainable state lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
-        with torch.no_grad():
-            for name, param in named.items():
-                if hasattr(param, "device_mesh"):  # an FSDP2 shard: keep this rank's part of the full tensor
-                    from torch.distributed.tensor import distribute_tensor
-
-                    param.copy_(distribute_tensor(state[name].to(param.dtype), param.device_mesh, param.placements))
-                else:
-                    param.copy_(state[name])
-
+    # ------------------------------------------------------------------ critic (weights: ModelWeights)
     def critic(self, mode: str = "frozen_init") -> Understander:
         if mode not in ("frozen_init", "live"):
             raise ValueError(f"critic mode must be 'frozen_init' or 'live' (or pass an external Understander), "

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ttrl_fast.fused_linear import fused_linear_logprobs
 from ttrl_fast.grpo.config import LoraSettings
-from ttrl_fast.policy.base import Policy
+from ttrl_fast.policy.base import ModelWeights, Policy
 from ttrl_fast.sampler.cfg import (CFGImageSampler, check_cfg_weight, check_logprob_mode, unconditional_prompt,
                                    unwrap_janus)
 from ttrl_fast.sampler.padding import left_pad, positions_from_mask
@@ -264,7 +264,7 @@ class JanusUnderstander(Understander):
         return [self.decode(ids[:-1] if ids and ids[-1] in stops else ids) for ids in batch.completions()]
 
 
-class JanusImagePolicy(Policy):
+class JanusImagePolicy(ModelWeights, Policy):
     """Text-to-image Janus as the policy being adapted.
 
     Args:
@@ -428,26 +428,7 @@ class JanusImagePolicy(Policy):
             return fused_linear_logprobs(x, head.vision_head.weight, targets, bias=head.vision_head.bias,
                                          temperature=self._temperature)
 
-    # ------------------------------------------------------------------ weights
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def _trainable_named(self):
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def trainable_state(self) -> dict[str, Tensor]:
-        return {n: p.detach().clone() for n, p in self._trainable_named()}
-
-    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
-        named = dict(self._trainable_named())
-        missing = set(named) - set(state)
-        if missing:
-            raise ValueError(f"trainable state lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
-        with torch.no_grad():
-            for name, param in named.items():
-                param.copy_(state[name])
-
-    # ------------------------------------------------------------------ critic
+    # ------------------------------------------------------------------ critic (weights: ModelWeights)
     def critic(self, mode: str = "frozen_init") -> Understander:
         """JanusUnderstander on the initial weights ("frozen_init": adapter off, or the frozen copy) or on
         the weights being trained ("live")."""

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ttrl_fast.fused_linear import fused_linear_logprobs
 from ttrl_fast.grpo.config import LoraSettings
-from ttrl_fast.policy.base import Policy
+from ttrl_fast.policy.base import ModelWeights, Policy
 from ttrl_fast.policy.hf_causal_lm import _is_peft
 from ttrl_fast.sampler.padding import left_pad, positions_from_mask
 from ttrl_fast.sampler.params import SamplingParams
@@ -98,7 +98,7 @@ def processor_inputs(processor, *, messages: Callable[[Prompt], list] | None = N
     return build
 
 
-class VLMAnswerPolicy(Policy):
+class VLMAnswerPolicy(ModelWeights, Policy):
     """A vision-language model answering image questions (see the module docstring).
 
     Args:
@@ -234,25 +234,7 @@ class VLMAnswerPolicy(Policy):
                              f"placeholder per image token")
         return embeds.masked_scatter(place[..., None], features)
 
-    # ------------------------------------------------------------------ weights
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def _trainable_named(self):
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def trainable_state(self) -> dict[str, Tensor]:
-        return {n: p.detach().clone() for n, p in self._trainable_named()}
-
-    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
-        named = dict(self._trainable_named())
-        missing = set(named) - set(state)
-        if missing:
-            raise ValueError(f"trainable state lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
-        with torch.no_grad():
-            for name, param in named.items():
-                param.copy_(state[name])
-
+    # ------------------------------------------------------------------ critic (weights: ModelWeights)
     def critic(self, mode: str = "frozen_init") -> Understander:
         raise NotImplementedError(
             "VLMAnswerPolicy has no built-in critic: TTRL / TTRV reward the agreement of the G answers, use "

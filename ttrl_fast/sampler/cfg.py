@@ -30,7 +30,7 @@ from ttrl_fast.ops import sampling as _sampling_op
 from ttrl_fast.sampler import shared_prefix as _shared
 from ttrl_fast.sampler.cache import RolloutCache
 from ttrl_fast.sampler.draw import kernel_params, prompt_key, row_key
-from ttrl_fast.sampler.padding import left_pad, positions_from_mask
+from ttrl_fast.sampler.padding import check_prompt_ids, left_pad, positions_from_mask
 from ttrl_fast.sampler.params import SamplingParams
 from ttrl_fast.sampler.rollout import RolloutBatch
 
@@ -306,19 +306,5 @@ class CFGImageSampler:
 
     # ------------------------------------------------------------------ checks
     def _check_prompts(self, prompts) -> list[list[int]]:
-        if isinstance(prompts, Tensor) or not isinstance(prompts, Sequence) or len(prompts) == 0:
-            raise ValueError("prompts must be a non-empty list of token-id lists")
-        checked = []
-        for i, prompt in enumerate(prompts):
-            if isinstance(prompt, Tensor):
-                prompt = prompt.tolist()
-            if not isinstance(prompt, Sequence) or len(prompt) == 0:
-                raise ValueError(f"prompts[{i}] must be a non-empty list of token ids")
-            ids = [int(t) for t in prompt]
-            if min(ids) < 0 or max(ids) >= self.text_vocab:
-                raise ValueError(f"prompts[{i}] has token ids outside the text vocabulary [0, {self.text_vocab})")
-            if len(ids) + self.num_image_tokens > self.max_seq_len:
-                raise ValueError(f"max_seq_len={self.max_seq_len} is too small for prompts[{i}] of length {len(ids)} "
-                                 f"plus num_image_tokens={self.num_image_tokens}")
-            checked.append(ids)
-        return checked
+        return check_prompt_ids(prompts, vocab_size=self.text_vocab, max_seq_len=self.max_seq_len,
+                                room=self.num_image_tokens, room_name="num_image_tokens", vocab_name="text vocabulary")

@@ -36,7 +36,7 @@ from ttrl_fast.sampler import flash_decode as _flash
 from ttrl_fast.sampler import shared_prefix as _shared
 from ttrl_fast.sampler.cache import RolloutCache
 from ttrl_fast.sampler.draw import kernel_params, prompt_key, row_key
-from ttrl_fast.sampler.padding import left_pad, positions_from_mask
+from ttrl_fast.sampler.padding import check_prompt_ids, left_pad, positions_from_mask
 from ttrl_fast.sampler.params import SamplingParams
 from ttrl_fast.sampler.positions import batch_prefill, check_prefill_inputs, position_scheme
 
@@ -381,22 +381,8 @@ class RolloutSampler:
         return self._valid
 
     def _check_prompts(self, prompts, params: SamplingParams) -> list[list[int]]:
-        if isinstance(prompts, Tensor) or not isinstance(prompts, Sequence) or len(prompts) == 0:
-            raise ValueError("prompts must be a non-empty list of token-id lists")
-        checked = []
-        for i, prompt in enumerate(prompts):
-            if isinstance(prompt, Tensor):
-                prompt = prompt.tolist()
-            if not isinstance(prompt, Sequence) or len(prompt) == 0:
-                raise ValueError(f"prompts[{i}] must be a non-empty list of token ids")
-            ids = [int(t) for t in prompt]
-            if min(ids) < 0 or max(ids) >= self.vocab_size:
-                raise ValueError(f"prompts[{i}] has token ids outside [0, vocab_size={self.vocab_size})")
-            if len(ids) + params.max_tokens > self.max_seq_len:
-                raise ValueError(f"max_seq_len={self.max_seq_len} is too small for prompts[{i}] of length {len(ids)} "
-                                 f"plus max_tokens={params.max_tokens}")
-            checked.append(ids)
-        return checked
+        return check_prompt_ids(prompts, vocab_size=self.vocab_size, max_seq_len=self.max_seq_len,
+                                room=params.max_tokens, room_name="max_tokens")
 
     @staticmethod
     def _row_keys(prompts: list[list[int]], group: int, seed: int) -> Tensor:
