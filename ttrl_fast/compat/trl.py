@@ -138,8 +138,9 @@ def rollout_func(sampler, params=None, *, tokenize=None):
 
     Args:
         sampler: a ttrl_fast.RolloutSampler over the trainer's model (its weights are read live).
-        params: ttrl_fast.SamplingParams; n, max_tokens and temperature default to the trainer's
-            num_generations, max_completion_length and temperature.
+        params: ttrl_fast.SamplingParams for everything else (seed, top_p, stop ids, ...); n, max_tokens and
+            temperature always come from the trainer (num_generations, max_completion_length, temperature),
+            so TRL's config stays the one source of truth.
         tokenize: prompt -> token ids (default: the trainer's processing_class, chat template for
             conversational prompts).
     TRL hands the function its per-process prompts with each prompt repeated num_generations times in a
@@ -156,10 +157,8 @@ def rollout_func(sampler, params=None, *, tokenize=None):
         unique = prompts[::group] if repeated else prompts
         n = group if repeated else 1
         encode = tokenize or (lambda p: _tokenize(trainer.processing_class, p))
-        base = params or SamplingParams()
-        settings = dataclasses.replace(base, n=n, max_tokens=params.max_tokens if params else
-                                       trainer.max_completion_length,
-                                       temperature=params.temperature if params else trainer.temperature)
+        settings = dataclasses.replace(params or SamplingParams(), n=n, max_tokens=trainer.max_completion_length,
+                                       temperature=trainer.temperature)
         batch = sampler.generate([encode(p) for p in unique], settings)
         out = batch.to_trl()
         return {"prompt_ids": out["prompt_ids"], "completion_ids": out["completion_ids"], "logprobs": out["logprobs"]}

@@ -331,6 +331,11 @@ class JanusImagePolicy(ModelWeights, Policy):
         self.pad_token_id = pick(pad_token_id, getattr(tok, "pad_token_id", None),
                                  getattr(generation, "pad_token_id", None), getattr(text, "pad_token_id", None))
         self.image_start_token_id = pick(image_start_token_id, boi)
+        # the understanding prompt wraps the image placeholders in <begin_of_image> ... <end_of_image> like
+        # JanusProcessor; eos lets the critic's rubric writing stop early
+        self._eoi_token_id = pick(tok.convert_tokens_to_ids(tok.eoi_token) if getattr(tok, "eoi_token", None) else None)
+        self._eos_token_id = pick(getattr(tok, "eos_token_id", None), getattr(generation, "eos_token_id", None)
+                                  if not isinstance(getattr(generation, "eos_token_id", None), list) else None)
         if self.pad_token_id is None:
             raise ValueError("pad_token_id is needed (unconditional CFG prompts are made of it): pass pad_token_id=")
         grid = janus.model.vqmodel.quantize.quant_state_dims
@@ -441,7 +446,9 @@ class JanusImagePolicy(ModelWeights, Policy):
             if self.bos_token_id is None:
                 raise ValueError("the critic needs bos_token_id (pass it or a tokenizer)")
             options = dict(bos_token_id=self.bos_token_id, pad_token_id=self.pad_token_id, yes_token=self.yes_token,
-                           no_token=self.no_token, decode=self._decode)
+                           no_token=self.no_token, decode=self._decode, eos_token_id=self._eos_token_id)
+            if self._eoi_token_id is not None:  # a real Janus tokenizer: the processor's image framing
+                options.update(image_start_token_id=self.image_start_token_id, image_end_token_id=self._eoi_token_id)
             options.update(self.critic_options)
             if mode == "live":
                 model, base = self.model, False
