@@ -25,6 +25,31 @@ class Metrics(dict):
         self.reduce_ops[name] = op
         self[name] = value.detach()
 
+    @classmethod
+    def merge(cls, parts: list["Metrics"], **overrides: float) -> "Metrics":
+        """One Metrics over several chunks of a batch: sums and counts add, minima / maxima reduce;
+        `overrides` set values that are not chunk means (e.g. the summed policy_loss)."""
+        if len(parts) == 1 and not overrides:
+            return parts[0]
+        out = cls()
+        for name, op in parts[0].reduce_ops.items():
+            if name in overrides:
+                value = torch.as_tensor(float(overrides[name]))
+                if op == "mean":
+                    out.add_mean(name, value, torch.ones(()))
+                else:
+                    out.add_extreme(name, value, op)
+            elif op == "mean":
+                out.add_mean(name, sum(p.sums[name] for p in parts), sum(p.counts[name] for p in parts))
+            else:
+                values = torch.stack([p[name].float() for p in parts])
+                values = values[~torch.isnan(values)]  # NaN = no data in that chunk
+                if values.numel() == 0:
+                    out.add_extreme(name, torch.tensor(float("nan")), op)
+                else:
+                    out.add_extreme(name, values.min() if op == "min" else values.max(), op)
+        return out
+
     def all_reduce(self, group=None) -> "Metrics":
         """Global metrics over a torch.distributed group (a no-op without an initialised group)."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):

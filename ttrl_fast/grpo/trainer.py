@@ -24,6 +24,7 @@ from ttrl_fast.advantages import group_advantages
 from ttrl_fast import distributed as dp
 from ttrl_fast.grpo.config import GRPOConfig
 from ttrl_fast.losses import policy_loss
+from ttrl_fast.metrics import Metrics
 from ttrl_fast.policy.base import Policy
 from ttrl_fast.reference.sampling import mix32_int
 from ttrl_fast.tta.types import Prompt, RewardBatch, Rollouts
@@ -111,23 +112,15 @@ class GRPOTrainer:
         for epoch in range(c.ppo_epochs):
             for first in range(0, prompts, per_step):
                 rows = list(range(first * group, min(prompts, first + per_step) * group))
-                logp = self.policy.token_logprobs(rollouts, rows)
-                num_items = None  # token-level losses: the global token count per rank (TRL's convention)
-                if world > 1 and c.loss_type in TOKEN_NORMALISED:
-                    num_items = dp.global_sum(mask[rows].sum()) / world
-                loss, m = policy_loss(logp, old[rows], advantages[rows], mask[rows],
-                                      ref_logp=None if ref is None else ref[rows], loss_type=c.loss_type,
-                                      epsilon_low=c.epsilon, epsilon_high=c.epsilon_high, beta=c.beta,
-                                      kl_estimator=c.kl_estimator, num_items_in_batch=num_items)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                logp, m = self._accumulate(rollouts, rows, old, advantages, mask, ref, world)
                 dp.average_gradients(self.policy.trainable_parameters())  # DDP's mean, before clipping
                 grad_norm = self._clip()
                 for g in self.optimizer.param_groups:
                     g["lr"] = c.learning_rate * self.lr_scale * lr_factor(c, self.update_count)
                 self.optimizer.step()
                 self.update_count += 1
-                row_metrics = {k: float(v) for k, v in m.all_reduce().items()}
+                row_metrics = {k: float(v) for k, v in m.all_reduce().items()}  # m: merged over chunks
                 row_metrics["grad_norm"] = grad_norm
                 if epoch == 0 and first == 0:
                     # sampler vs trainer log-prob gap at the first update (ratio 1 up to rounding)
@@ -149,6 +142,32 @@ class GRPOTrainer:
             "lr": self.optimizer.param_groups[0]["lr"],
         })
         return out
+
+    def _accumulate(self, rollouts, rows, old, advantages, mask, ref, world):
+        """Forward + backward of one minibatch, in chunks of `backward_prompts` prompts whose losses are
+        scaled so that their gradients sum to the whole minibatch's (activations of one chunk alive at a
+        time). Returns the minibatch's log-probs (detached) and its metrics."""
+        c, group = self.config, rollouts.batch.group_size
+        step = (c.backward_prompts or len(rows) // group) * group
+        tokens = mask[rows].sum()
+        num_items = None  # token-level losses: the minibatch's (global) token count per rank, TRL's convention
+        if c.loss_type in TOKEN_NORMALISED and (world > 1 or step < len(rows)):
+            num_items = (dp.global_sum(tokens) / world) if world > 1 else tokens.float()
+        parts, logps = [], []
+        for start in range(0, len(rows), step):
+            chunk = rows[start:start + step]
+            logp = self.policy.token_logprobs(rollouts, chunk)
+            loss, m = policy_loss(logp, old[chunk], advantages[chunk], mask[chunk],
+                                  ref_logp=None if ref is None else ref[chunk], loss_type=c.loss_type,
+                                  epsilon_low=c.epsilon, epsilon_high=c.epsilon_high, beta=c.beta,
+                                  kl_estimator=c.kl_estimator, num_items_in_batch=num_items)
+            if num_items is None and step < len(rows):  # the other losses are means over rows / tokens
+                share = (mask[chunk].sum() / tokens.clamp(min=1)) if c.loss_type == "bnpo" else len(chunk) / len(rows)
+                loss = loss * share
+            loss.backward()
+            parts.append((float(loss), m))
+            logps.append(logp.detach())
+        return torch.cat(logps), Metrics.merge([m for _, m in parts], policy_loss=sum(v for v, _ in parts))
 
     def _clip(self) -> float:
         params = [p for p in self.policy.trainable_parameters() if p.grad is not None]
