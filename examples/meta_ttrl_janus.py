@@ -172,8 +172,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute decoder activations in the backward (much less memory, ~1/3 more time)")
     p.add_argument("--logprob-rows", type=int, default=None,
-                   help="rows per log-prob forward; bounds only the no-gradient reference pass\n"
-                        "(the update back-propagates the whole group at once: see --gradient-checkpointing)")
+                   help="rows per log-prob forward of the no-gradient reference pass")
+    p.add_argument("--backward-rows", type=int, default=None,
+                   help="rows per forward/backward of the update (same update, fewer activations alive)")
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="sampler KV-cache positions per row (default 576 + 256; prompt + 576 image tokens must fit)")
     p.add_argument("--rubric-max-tokens", type=int, default=None, help="default 256 (24 with --tiny)")
@@ -205,7 +206,8 @@ def main(argv=None) -> dict:
 
     G, pps = args.group_size, args.prompts_per_step
     lora = LoraSettings(r=args.lora_r, alpha=2.0 * args.lora_r)
-    config = GRPOConfig(group_size=G, learning_rate=args.lr, beta=args.beta, temperature=args.temperature,
+    config = GRPOConfig(group_size=G, backward_rows=args.backward_rows, learning_rate=args.lr, beta=args.beta,
+                        temperature=args.temperature,
                         lora=lora, seed=args.seed)
     policy = JanusImagePolicy(model, lora=lora, cfg_weight=args.cfg_weight, logprob_mode=args.logprob_mode,
                               max_rows=2 * G * pps, max_seq_len=args.max_seq_len, logprob_rows=args.logprob_rows,

@@ -187,8 +187,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute decoder activations in the backward (much less memory, ~1/3 more time)")
     p.add_argument("--logprob-rows", type=int, default=None,
-                   help="rows per log-prob forward; bounds only the no-gradient reference pass\n"
-                        "(the update back-propagates the whole group at once: see --gradient-checkpointing)")
+                   help="rows per log-prob forward of the no-gradient reference pass")
+    p.add_argument("--backward-rows", type=int, default=None,
+                   help="rows per forward/backward of the update (same update, fewer activations alive)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
     p.add_argument("--seed", type=int, default=0)
@@ -217,7 +218,8 @@ def main(argv=None) -> dict:
 
     G, pps = args.group_size, args.prompts_per_step
     lora = LoraSettings(r=args.lora_r, alpha=2.0 * args.lora_r)
-    config = GRPOConfig(group_size=G, learning_rate=args.lr, beta=args.beta, temperature=args.temperature,
+    config = GRPOConfig(group_size=G, backward_rows=args.backward_rows, learning_rate=args.lr, beta=args.beta,
+                        temperature=args.temperature,
                         max_new_tokens=args.max_new_tokens, lora=lora, seed=args.seed)
     policy = VLMAnswerPolicy(model, lora=lora, max_rows=G * pps, max_seq_len=max_seq_len,
                              logprob_rows=args.logprob_rows, **options)

@@ -108,12 +108,13 @@ def test_bad_lora_settings():
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "bnpo", "dr_grpo", "luspo", "cispo"])
 def test_backward_in_chunks_is_the_same_update(loss_type):
-    """backward_prompts accumulates per-chunk gradients scaled to the minibatch's normalisation."""
+    """backward_rows accumulates per-chunk gradients scaled to the minibatch's normalisation (chunks of 5
+    rows: not aligned with the groups of 4)."""
     results = []
-    for chunk in (None, 1):
+    for chunk in (None, 5):
         torch.manual_seed(0)
         config = GRPOConfig(group_size=4, max_new_tokens=6, learning_rate=1e-2, beta=0.04, lora=None, seed=2,
-                            loss_type=loss_type, backward_prompts=chunk, epsilon_high=3.0 if loss_type == "cispo"
+                            loss_type=loss_type, backward_rows=chunk, epsilon_high=3.0 if loss_type == "cispo"
                             else None)
         policy = HFCausalLMPolicy(tiny_lm(), TOKENIZER, lora=None, max_rows=16, max_seq_len=64)
         trainer = GRPOTrainer(policy, config, monitor=CountLetter("e"))

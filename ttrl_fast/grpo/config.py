@@ -46,9 +46,10 @@ class GRPOConfig:
         epsilon, epsilon_high: clip range [1 - epsilon, 1 + epsilon_high] (epsilon_high None = epsilon).
         ppo_epochs: μ, policy updates per batch of rollouts (1: the ratio is exactly 1 at the update).
         minibatch_prompts: prompts per optimizer step within an epoch (None = the whole batch).
-        backward_prompts: prompts per forward / backward within a minibatch (gradient accumulation with
-            the minibatch's normalisation: the same update, activations of only this many prompts
-            alive at once; None = the whole minibatch in one pass).
+        backward_rows: rollout rows per forward / backward within a minibatch (gradient accumulation with
+            the minibatch's normalisation: the same update, activations of only this many rows alive at
+            once; any split works, groups included, since advantages are computed before; None = the
+            whole minibatch in one pass).
         loss_type: any of ttrl_fast.policy_loss's ("grpo" = per-sequence token mean, then mean).
         advantage_mode: "group" | "batch" | "none" | "rloo" (ttrl_fast.group_advantages).
         advantage_eps: added to the std.
@@ -72,7 +73,7 @@ class GRPOConfig:
     epsilon_high: float | None = None
     ppo_epochs: int = 1
     minibatch_prompts: int | None = None
-    backward_prompts: int | None = None
+    backward_rows: int | None = None
     loss_type: str = "grpo"
     advantage_mode: str = "group"
     advantage_eps: float = 1e-4
@@ -104,7 +105,7 @@ class GRPOConfig:
             positive_int(name)
         positive_int("max_steps", allow_none=True)
         positive_int("minibatch_prompts", allow_none=True)
-        positive_int("backward_prompts", allow_none=True)
+        positive_int("backward_rows", allow_none=True)
         for name in ("learning_rate", "weight_decay", "beta", "epsilon", "advantage_eps"):
             non_negative(name)
         non_negative("epsilon_high", allow_none=True)

@@ -144,11 +144,11 @@ class GRPOTrainer:
         return out
 
     def _accumulate(self, rollouts, rows, old, advantages, mask, ref, world):
-        """Forward + backward of one minibatch, in chunks of `backward_prompts` prompts whose losses are
+        """Forward + backward of one minibatch, in chunks of `backward_rows` rows whose losses are
         scaled so that their gradients sum to the whole minibatch's (activations of one chunk alive at a
         time). Returns the minibatch's log-probs (detached) and its metrics."""
-        c, group = self.config, rollouts.batch.group_size
-        step = (c.backward_prompts or len(rows) // group) * group
+        c = self.config
+        step = min(c.backward_rows or len(rows), len(rows))
         tokens = mask[rows].sum()
         num_items = None  # token-level losses: the minibatch's (global) token count per rank, TRL's convention
         if c.loss_type in TOKEN_NORMALISED and (world > 1 or step < len(rows)):
