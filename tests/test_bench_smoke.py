@@ -130,6 +130,6 @@ def test_bench_sampler_quick_writes_csv(tmp_path: Path) -> None:
         reader = csv.DictReader(f)
         assert reader.fieldnames == EXPECTED_COLUMNS
         rows = list(reader)
-    assert {r["provider"] for r in rows} == {"A", "A+B", "ours"}, log[-4000:]
+    assert {r["provider"] for r in rows} == {"A", "A+B", "ours", "ours-copies"}, log[-4000:]
     assert all(math.isfinite(float(r["p50_ms"])) and float(r["p50_ms"]) > 0 for r in rows)
     assert re.search(r"^\s+16\s+8\s+4\s", proc.stdout, re.M), proc.stdout[-2000:]
