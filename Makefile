@@ -8,7 +8,7 @@ PIP := $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.14.1
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 
-.PHONY: install test demo bench info clean
+.PHONY: install test demo bench validate-gpu info clean
 
 build/.installed: $(SOURCES)
 	$(PIP) install -q "$(TORCH_SPEC)" "setuptools>=64" wheel
@@ -33,10 +33,11 @@ demo: install
 	$(PYTHON) -m ttrl_fast.cli demo --out ttrl_fast_demo
 
 bench: install
-	$(PYTHON) bench/bench_logprob.py
-	$(PYTHON) bench/bench_grpo_loss.py
-	$(PYTHON) bench/bench_fused_linear.py
-	$(PYTHON) bench/bench_sampler.py
+	$(PYTHON) -m ttrl_fast.cli bench --full --out bench/results
+
+# on a CUDA machine: every backend against the reference, determinism, every benchmark, one report
+validate-gpu: install
+	$(PYTHON) -m ttrl_fast.validate_gpu --out ttrl_fast_validate
 
 info: install
 	$(PYTHON) -m ttrl_fast.info

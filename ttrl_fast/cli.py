@@ -25,6 +25,7 @@ def read_prompts(path: str | Path):
     from ttrl_fast.tta.types import Prompt
 
     prompts = []
+    first_line: dict[str, int] = {}  # prompt id -> its line (ids key served outputs and resume)
     for number, line in enumerate(Path(path).read_text().splitlines()):
         if not line.strip():
             continue
@@ -32,10 +33,17 @@ def read_prompts(path: str | Path):
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             raise SystemExit(f"{path}:{number + 1}: not JSON ({exc.msg})") from None
+        if not isinstance(item, dict):
+            raise SystemExit(f"{path}:{number + 1}: needs a JSON object with a \"prompt\" (or \"text\") string, "
+                             f"got {type(item).__name__}")
         text = item.pop("prompt", None) or item.pop("text", None)
         if not isinstance(text, str) or not text:
             raise SystemExit(f"{path}:{number + 1}: needs a non-empty \"prompt\" (or \"text\") string")
-        prompts.append(Prompt(id=str(item.pop("id", number)), text=text, meta=item))
+        prompt_id = str(item.pop("id", number))
+        if prompt_id in first_line:
+            raise SystemExit(f"{path}:{number + 1}: duplicate id {prompt_id!r} (first on line {first_line[prompt_id]})")
+        first_line[prompt_id] = number + 1
+        prompts.append(Prompt(id=prompt_id, text=text, meta=item))
     if not prompts:
         raise SystemExit(f"{path}: no prompts")
     return prompts
@@ -81,13 +89,17 @@ def adapt(args) -> int:
         raise SystemExit(f"--prompts-per-step {args.prompts_per_step} must be a multiple of the {world} processes")
     torch.manual_seed(args.seed)
     prompts = read_prompts(args.prompts)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code, dtype=dtype)
+    # every hyperparameter is validated (GRPOConfig, SamplingParams, AdaptConfig) before the model loads
     lora = None if args.full else LoraSettings(r=args.lora_r, alpha=2.0 * args.lora_r)
     config = GRPOConfig(group_size=args.group_size, learning_rate=args.lr, beta=args.beta, ppo_epochs=args.ppo_epochs,
                         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         lora=lora, seed=args.seed)
+    adapt_config = AdaptConfig(prompts_per_step=args.prompts_per_step, episodes=args.episodes, reset=args.reset,
+                               serve="consensus" if args.monitor == "consensus" else "best",
+                               max_steps=args.max_steps, plateau_patience=args.plateau_patience, seed=args.seed)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code, dtype=dtype)
     policy = HFCausalLMPolicy(model, tokenizer, lora=lora, max_rows=max(args.group_size * args.prompts_per_step // world,
                                                                            1),
                               max_seq_len=args.max_seq_len)
@@ -100,9 +112,6 @@ def adapt(args) -> int:
     critic = policy.critic(args.critic)
     monitor = build_monitor(args.monitor, critic, prompts)
     trainer = GRPOTrainer(policy, config, monitor=monitor)
-    adapt_config = AdaptConfig(prompts_per_step=args.prompts_per_step, episodes=args.episodes, reset=args.reset,
-                               serve="consensus" if args.monitor == "consensus" else "best",
-                               max_steps=args.max_steps, plateau_patience=args.plateau_patience, seed=args.seed)
     total = len(prompts) * args.episodes // args.prompts_per_step + 1
     bar = _progress(total, args.no_progress)
 
@@ -197,6 +206,10 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--checkpoints", default=None, help="pre-trained toy models (default: OUT/checkpoints)")
     d.add_argument("--threads", type=int, default=2)
     d.add_argument("--no-progress", action="store_true")
+    from ttrl_fast import bench_cli
+
+    bench_cli.add_arguments(sub.add_parser("bench", help="run every benchmark: CSVs, plots, performance.md",
+                                           description=bench_cli.__doc__.split("\n\n")[0]))
     return p
 
 
@@ -233,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         return adapt(args)
     if args.command == "demo":
         return demo(args)
+    if args.command == "bench":
+        from ttrl_fast.bench_cli import main_from_args
+
+        return main_from_args(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
