@@ -14,7 +14,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from ttrl_fast.demo import gridworld as W
 
-PRETRAIN = dict(steps=1500, lr=1e-3, vqa_rows=96, gen_rows=64, rare_fraction=0.03)
+# 192 understanding rows per step (the prototype's 96 left the critic too weak on near misses: self-reward
+# AUROC 0.74-0.90 on the generator's images and Meta-TTRL gains of -18..+19 points; README's demo section)
+PRETRAIN = dict(steps=1500, lr=1e-3, vqa_rows=192, gen_rows=64, rare_fraction=0.03)
 SHIPPED = Path(__file__).resolve().parent / "checkpoints"  # seeds 0-2, produced by `python -m` this module
 
 

@@ -116,16 +116,31 @@ def truth(grid: Grid, question: str) -> bool:
     return relation_holds(grid, (words[1], words[2]), words[3], (words[4], words[5]))
 
 
+def near_miss(rng: random.Random, present: list) -> tuple[str, str]:
+    """An absent object that shares the colour or the shape of a present one (any object when there is
+    none): the hard negative a critic of near-miss generations must reject, e.g. "red circle" asked about
+    an image that holds a red square."""
+    candidates = [o for o in OBJECTS if o not in present and any(o[0] == p[0] or o[1] == p[1] for p in present)]
+    return rng.choice(candidates) if candidates else rng.choice(OBJECTS)
+
+
 def vqa_example(rng: random.Random) -> tuple[Grid, str, bool]:
-    """A scene and an atomic question about it, true about half of the time."""
+    """A scene and an atomic question about it, true about half of the time. Objects asked about are
+    present, or absent near misses, or any object; without the near misses the critic learns to tell
+    colours and shapes apart only coarsely, and then rewards the generator's near-miss images."""
     grid = random_scene(rng)
     present = [OBJECTS[v - 1] for v in grid if v]
+
+    def pick(p_present: float):
+        draw = rng.random()
+        if draw < p_present:
+            return rng.choice(present)
+        return near_miss(rng, present) if draw < (1 + p_present) / 2 else rng.choice(OBJECTS)
+
     if rng.random() < 0.5:
-        obj = rng.choice(present) if rng.random() < 0.5 else rng.choice(OBJECTS)
-        question = exists_question(obj)
+        question = exists_question(pick(0.5))
     else:
-        a = rng.choice(present) if rng.random() < 0.8 else rng.choice(OBJECTS)
-        b = rng.choice(present) if rng.random() < 0.8 else rng.choice(OBJECTS)
+        a, b = pick(0.8), pick(0.8)
         holding = [r for r in RELATIONS if relation_holds(grid, a, r, b)]
         if holding and rng.random() < 0.5:  # balance true and false relation questions
             relation = rng.choice(holding)

@@ -165,7 +165,7 @@ class GRPOTrainer:
                 share = (mask[chunk].sum() / tokens.clamp(min=1)) if c.loss_type == "bnpo" else len(chunk) / len(rows)
                 loss = loss * share
             loss.backward()
-            parts.append((float(loss), m))
+            parts.append((float(loss.detach()), m))
             logps.append(logp.detach())
         return torch.cat(logps), Metrics.merge([m for _, m in parts], policy_loss=sum(v for v, _ in parts))
 
