@@ -3,6 +3,7 @@ was expected, raised before any kernel runs."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -37,6 +38,13 @@ def check_positive_finite(name: str, value, *, allow_zero: bool = False) -> floa
     if not math.isfinite(out) or out < 0 or (out == 0 and not allow_zero):
         raise ValueError(f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}, got {out}")
     return out
+
+
+def check_real(name: str, value) -> float:
+    """A real number (int, float, numpy scalar; not a bool, a string or a tensor) as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
 
 
 def check_same_device(**tensors: Tensor | None) -> None:

@@ -46,7 +46,8 @@ def group_advantages(
     """Group-relative advantages of one reward per sample.
 
     Args:
-        rewards: [N] float; NaN marks an unscorable sample (excluded from the statistics, advantage 0).
+        rewards: [N] float; NaN (or +-inf) marks an unscorable sample (excluded from the statistics,
+            advantage 0).
         group_size: samples form contiguous groups of this size (TRL's layout: prompt-major, G per prompt).
         group_ids: [N] integer group id per sample (verl's uid), in any order. Exactly one of the two.
         mode: "group" (r - mean_g) / (std_g + eps) (TRL default), "batch" (group mean, batch std),
@@ -67,8 +68,14 @@ def group_advantages(
         raise ValueError(f"std_correction must be 0 or 1, got {std_correction!r}")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    values = rewards.detach().float().contiguous()
+    values = rewards.detach().float()
+    # +-inf (an overflowing reward) is as unscorable as NaN: it would make its group's mean and std
+    # infinite and erase every member's advantage. The kernels' contract knows only NaN.
+    values = torch.where(torch.isinf(values), float("nan"), values).contiguous()
     n = values.numel()
+    if group_ids is not None:
+        v.check_tensor("group_ids", group_ids)
+        v.check_same_device(rewards=rewards, group_ids=group_ids)
     perm, offsets, keys = _groups(n, group_size, group_ids, values.device)
     batch_std = float("nan")
     if mode == "batch":  # the whole batch as one segment: its std

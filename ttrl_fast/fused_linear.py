@@ -17,8 +17,8 @@ from torch import Tensor
 
 from ttrl_fast import _validation as v
 from ttrl_fast import backends
-from ttrl_fast.losses import _as_float_rows, _metrics, policy_loss, policy_loss_params
-from ttrl_fast.reference.policy_loss import LOSS_TYPES, aggregation_weights
+from ttrl_fast.losses import _as_float_rows, _metrics, check_loss_hyperparameters, policy_loss, policy_loss_params
+from ttrl_fast.reference.policy_loss import aggregation_weights
 
 # Default tokens per chunk: an fp32 tile of at most 32 MiB (plus its gradient tile). Bigger chunks
 # cost memory; smaller ones re-read and re-write the fp32 dW accumulator once more per chunk.
@@ -423,6 +423,7 @@ def fused_linear_grpo_loss(
     policy_loss keywords (loss_type, beta, epsilon_*, delta, importance_sampling_level,
     use_bias_correction_kl, kl_estimator, entropy_coef, max_completion_length, num_items_in_batch,
     sapo_*, vespo_*)."""
+    v.check_tensor("hidden", hidden)
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [B, T, H], got {tuple(hidden.shape)}")
     batch, length = hidden.shape[:2]
@@ -430,24 +431,29 @@ def fused_linear_grpo_loss(
     v.check_tensor("mask", mask)
     if mask.shape != shape:
         raise ValueError(f"mask must have shape {shape}, got {tuple(mask.shape)}")
-    mask_f = mask.detach().float().contiguous()
-    targets = torch.where(mask != 0, completion_ids, torch.full_like(completion_ids, -100))
-    hidden2d, flat, valid, chunk, _ = prepare(hidden, weight, targets, bias, temperature, -100, chunk_size)
+    v.check_integer("completion_ids", completion_ids)
+    if completion_ids.shape != shape:
+        raise ValueError(f"completion_ids must have shape {shape}, got {tuple(completion_ids.shape)}")
     knobs = dict(_LOSS_DEFAULTS)
     unknown = set(loss_kwargs) - set(knobs)
     if unknown:
         raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
     knobs.update(loss_kwargs)
-    if knobs["epsilon_high"] is None:
-        knobs["epsilon_high"] = knobs["epsilon_low"]
+    knobs["epsilon_low"], knobs["epsilon_high"], knobs["beta"] = check_loss_hyperparameters(
+        **{k: knobs[k] for k in ("loss_type", "importance_sampling_level", "kl_estimator", "epsilon_low",
+                                 "epsilon_high", "delta", "beta", "max_completion_length")})
     if knobs["beta"] != 0.0 and ref_logp is None:
         raise ValueError("ref_logp [B, T] is required when beta != 0")
-    if knobs["loss_type"] not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {knobs['loss_type']!r}")
     adv = _as_float_rows("advantages", advantages, shape, allow_cols_one=True)
     old = _as_float_rows("old_logp", old_logp, shape)
     ref = _as_float_rows("ref_logp", ref_logp, shape) if knobs["beta"] != 0.0 else None
     ratio = _as_float_rows("rollout_is_ratio", rollout_is_ratio, shape, allow_cols_one=True)
+    # before any kernel runs (the compiled kernels only guard their inputs' devices with a RuntimeError)
+    v.check_same_device(hidden=hidden, completion_ids=completion_ids, mask=mask, advantages=advantages,
+                        old_logp=old_logp, ref_logp=ref_logp, rollout_is_ratio=rollout_is_ratio)
+    mask_f = mask.detach().float().contiguous()
+    targets = torch.where(mask != 0, completion_ids, torch.full_like(completion_ids, -100))
+    hidden2d, flat, valid, chunk, _ = prepare(hidden, weight, targets, bias, temperature, -100, chunk_size)
     iparams, fparams = policy_loss_params(
         shape, mask_f, on_policy=old is None,
         **{k: knobs[k] for k in ("loss_type", "importance_sampling_level", "epsilon_low", "epsilon_high", "delta",

@@ -2,6 +2,9 @@
 exact parity) on log-probs, and end to end from logits with one fused vocabulary pass each way."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -92,15 +95,10 @@ def policy_loss(
     if logp.dim() != 2 or not logp.dtype.is_floating_point:
         raise ValueError(f"logp must be a [B, T] float tensor, got dtype {logp.dtype} shape {tuple(logp.shape)}")
     shape = tuple(logp.shape)
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    if importance_sampling_level not in ("token", "sequence"):
-        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}")
-    if kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
-    eps_low = v.check_positive_finite("epsilon_low", epsilon_low, allow_zero=True)
-    eps_high = eps_low if epsilon_high is None else v.check_positive_finite("epsilon_high", epsilon_high, allow_zero=True)
-    beta = float(beta)
+    eps_low, eps_high, beta = check_loss_hyperparameters(
+        loss_type=loss_type, importance_sampling_level=importance_sampling_level, kl_estimator=kl_estimator,
+        epsilon_low=epsilon_low, epsilon_high=epsilon_high, delta=delta, beta=beta,
+        max_completion_length=max_completion_length)
     if beta != 0.0 and ref_logp is None:
         raise ValueError("ref_logp [B, T] is required when beta != 0")
     v.check_tensor("mask", mask)
@@ -132,6 +130,30 @@ def policy_loss(
     return loss, metrics
 
 
+def check_loss_hyperparameters(*, loss_type: str, importance_sampling_level: str, kl_estimator: str, epsilon_low,
+                               epsilon_high, delta, beta, max_completion_length) -> tuple[float, float, float]:
+    """The checks of policy_loss's hyperparameters, shared by every entry point of the loss (policy_loss,
+    grpo_loss, fused_linear_grpo_loss): a ValueError naming the argument and its value. Returns
+    (epsilon_low, epsilon_high, beta) as floats (epsilon_high defaults to epsilon_low)."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if importance_sampling_level not in ("token", "sequence"):
+        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}")
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
+    eps_low = v.check_positive_finite("epsilon_low", epsilon_low, allow_zero=True)
+    eps_high = eps_low if epsilon_high is None else v.check_positive_finite("epsilon_high", epsilon_high, allow_zero=True)
+    if delta is not None and (isinstance(delta, bool) or not isinstance(delta, numbers.Real)
+                              or not (math.isfinite(delta) and delta > 0)):
+        raise ValueError(f"delta must be a finite number > 0 or None, got {delta!r}")
+    beta = v.check_positive_finite("beta", beta, allow_zero=True)
+    if max_completion_length is not None and (isinstance(max_completion_length, bool)
+                                              or not isinstance(max_completion_length, numbers.Integral)
+                                              or max_completion_length < 1):
+        raise ValueError(f"max_completion_length must be a positive int or None, got {max_completion_length!r}")
+    return eps_low, eps_high, beta
+
+
 def policy_loss_params(shape: tuple[int, int], mask_f: Tensor, *, loss_type: str, importance_sampling_level: str,
                        epsilon_low: float, epsilon_high: float, delta: float | None, beta: float, kl_estimator: str,
                        use_bias_correction_kl: bool, on_policy: bool, max_completion_length: int | None,
@@ -148,7 +170,10 @@ def policy_loss_params(shape: tuple[int, int], mask_f: Tensor, *, loss_type: str
     elif loss_type == "bnpo" or num_items_in_batch is None:
         norm = max(float(mask_f.sum()), 1.0)
     else:
-        norm = max(float(num_items_in_batch), 1.0)
+        items = float(num_items_in_batch)
+        if not (math.isfinite(items) and items >= 0):  # a token count: a negative one is a caller's bug
+            raise ValueError(f"num_items_in_batch must be a finite count >= 0, got {items}")
+        norm = max(items, 1.0)
     iparams = [loss_code, aggregation, KL_ESTIMATORS.index(kl_estimator) + 1 if beta != 0.0 else 0,
                int(importance_sampling_level == "sequence"), int(bool(use_bias_correction_kl)), int(delta is not None),
                int(on_policy)]
@@ -234,6 +259,7 @@ def grpo_loss(
     Returns:
         (loss, metrics) as ttrl_fast.policy_loss.
     """
+    v.check_tensor("completion_ids", completion_ids)
     entropy_coef = float(loss_kwargs.get("entropy_coef", 0.0))
     need_entropy = log_entropy or entropy_coef != 0.0
     v.check_tensor("mask", mask)

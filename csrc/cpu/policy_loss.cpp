@@ -23,7 +23,9 @@ SequenceTotals sequence_totals(const PolicyLossArgs& a, int64_t i) {
   for (int64_t t = 0; t < a.T; ++t) {
     const int64_t k = i * a.T + t;
     const float m = a.mask[k];
-    const float lr = p.on_policy ? 0.0f : a.logp[k] - a.old_logp[k];
+    // on-policy only the sequence-level ratio needs the log-ratio (token level: on_policy_ratio below)
+    const float lr = !p.on_policy ? a.logp[k] - a.old_logp[k]
+                                  : (p.sequence_level ? math::on_policy_log_ratio(a.logp[k]) : 0.0f);
     s.n += m;
     s.log_ratio += m * lr;
     s.vespo += m * fminf(fmaxf(lr, -20.0f), 20.0f);
@@ -72,7 +74,8 @@ void policy_loss_rows(const PolicyLossArgs& a, int64_t begin, int64_t end) {
     for (int64_t t = 0; t < a.T; ++t) {
       const int64_t k = i * a.T + t;
       const float m = a.mask[k], logp = a.logp[k];
-      const float r = p.sequence_level ? s_i : (p.on_policy ? 1.0f : expf(logp - a.old_logp[k]));
+      const float r = p.sequence_level ? s_i
+                                       : (p.on_policy ? math::on_policy_ratio(logp) : expf(logp - a.old_logp[k]));
       const float adv = a.adv[i * a.Ta + (a.Ta == 1 ? 0 : t)];
       const float phi = vespo ? math::vespo_phi(p, tot.vespo, adv) : 0.0f;
       const float rho = (a.is_ratio != nullptr && !vespo) ? a.is_ratio[i * a.Tr + (a.Tr == 1 ? 0 : t)] : 1.0f;

@@ -8,7 +8,8 @@
 //   1. s_v = penalized(x_v) into an fp32 scratch row (skipped for fp32 logits with neither penalty
 //      nor bans: the logits row itself is read), bans set to -inf, m = max s. When s can differ
 //      from x, the raw log-sum-exp of x * inv_t is accumulated in the same pass (chunk max, chunk
-//      sum, rescaled merge).
+//      sum, rescaled merge). NaN / +inf entries poison the row (sampling_math.h: read as -inf, NaN
+//      log-probs); a poisoned fp32 row is copied to the scratch row like the others.
 //   2. Truncation (sampling only): every rule is a threshold on t = (s - m) * inv_t * log2(e):
 //        top-k   the k-th largest t (ties at the boundary are kept together)
 //        top-p   the smallest tie group whose exclusive mass (over what top-k kept) is < top_p * total
@@ -54,6 +55,7 @@ constexpr int64_t kChunk = 2048;           // pass-1 chunk (fp32 scratch stays i
 constexpr int kBins = 2048;                // histogram bins of t: [-(b+1)/32, -b/32), last = the rest
 constexpr float kBinsPerUnit = 32.0f;
 constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 struct bf16_bits {
   uint16_t x;
@@ -203,7 +205,21 @@ struct RowPrep {
   float m;         // max s (-inf if every entry is -inf)
   RawLse raw;      // valid when raw_separate
   bool raw_separate;
+  bool poisoned;   // the row holds NaN / +inf (read as -inf in s): NaN log-probs
 };
+
+// NaN-ignoring max of n values, and whether any of them poisons the row (NaN or +inf).
+inline float max_and_poison(const float* x, int64_t n, bool* poisoned) {
+  float m = -kInf;
+  int bad = 0;
+#pragma omp simd reduction(max : m) reduction(| : bad)
+  for (int64_t i = 0; i < n; ++i) {
+    m = x[i] > m ? x[i] : m;
+    bad |= sm::poisons_row(x[i]) ? 1 : 0;
+  }
+  *poisoned = bad != 0;
+  return m;
+}
 
 // Pass 1: s = penalised logits with the bans applied, its max, and the raw log-sum-exp when s may
 // differ from x.
@@ -214,11 +230,12 @@ RowPrep prepare_row(const SampleArgs& a, int64_t r, float inv_t, Scratch& sc) {
   const bool penalty = a.seen != nullptr && a.penalty != 1.0;
   RowPrep p;
   p.raw_separate = penalty || a.n_ban > 0;
+  p.poisoned = false;
   if constexpr (std::is_same<T, float>::value) {
-    if (!p.raw_separate) {  // s == x: read the logits row in place
+    if (!p.raw_separate) {  // s == x: read the logits row in place (unless poisoned: copied below)
       p.s = row;
-      p.m = max_of(p.s, V);
-      return p;
+      p.m = max_and_poison(p.s, V, &p.poisoned);
+      if (!p.poisoned) return p;
     }
   }
   if (static_cast<int64_t>(sc.row.size()) < V) sc.row.resize(V);
@@ -227,11 +244,16 @@ RowPrep prepare_row(const SampleArgs& a, int64_t r, float inv_t, Scratch& sc) {
   const double pen = a.penalty, inv_pen = 1.0 / a.penalty;
   const float k = sm::log2_scale(inv_t);
   float ms = -kInf;
+  int bad = 0;
   for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
     const int64_t n = std::min(kChunk, V - c0);
     float* x = buf + c0;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) x[i] = load_float(row + c0, i);
+#pragma omp simd reduction(| : bad)
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = load_float(row + c0, i);
+      bad |= sm::poisons_row(v) ? 1 : 0;
+      x[i] = sm::unpoisoned(v);
+    }
     if (p.raw_separate) p.raw.add_chunk(x, n, k);
     if (penalty) {
       const bool* sn = seen + c0;
@@ -254,6 +276,7 @@ RowPrep prepare_row(const SampleArgs& a, int64_t r, float inv_t, Scratch& sc) {
   }
   p.s = buf;
   p.m = remax ? max_of(buf, V) : ms;
+  p.poisoned = bad != 0;
   return p;
 }
 
@@ -717,9 +740,9 @@ void sample_row(const SampleArgs& a, int64_t r, Scratch& sc) {
   const double lp_proc = static_cast<double>(d_tok) - std::log(s_kept);
   const double lkept = cut ? std::log(s_kept / s_all) : (m == -kInf ? std::log(s_kept / s_all) : 0.0);
   a.tokens[r] = tok;
-  a.logp_raw[r] = clamp_nonpositive(static_cast<float>(lp_raw));
-  a.logp_processed[r] = clamp_nonpositive(static_cast<float>(lp_proc));
-  a.log_kept[r] = clamp_nonpositive(static_cast<float>(lkept));
+  a.logp_raw[r] = p.poisoned ? kNaN : clamp_nonpositive(static_cast<float>(lp_raw));
+  a.logp_processed[r] = p.poisoned ? kNaN : clamp_nonpositive(static_cast<float>(lp_proc));
+  a.log_kept[r] = p.poisoned ? kNaN : clamp_nonpositive(static_cast<float>(lkept));
 }
 
 template <typename T>

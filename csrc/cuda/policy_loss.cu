@@ -155,7 +155,8 @@ __global__ void __launch_bounds__(kMaxThreads)
   for (int t = tid; t < T; t += nt) {
     const int64_t o = row + t;
     const float m = __ldg(mask + o);
-    const float d = on_policy ? 0.0f : __ldg(logp + o) - __ldg(old_logp + o);
+    const float d = !on_policy ? __ldg(logp + o) - __ldg(old_logp + o)
+                               : (seq_level ? math::on_policy_log_ratio(__ldg(logp + o)) : 0.0f);
     a[0] += m;
     a[1] += m * d;
     a[2] += m * clamp_f(d, -20.0f, 20.0f);
@@ -185,7 +186,7 @@ __global__ void __launch_bounds__(kMaxThreads)
     const int64_t o = row + t;
     const float m = __ldg(mask + o);
     const float lp = __ldg(logp + o);
-    const float r = seq_level ? s : (on_policy ? 1.0f : expf(lp - __ldg(old_logp + o)));
+    const float r = seq_level ? s : (on_policy ? math::on_policy_ratio(lp) : expf(lp - __ldg(old_logp + o)));
     const float A = __ldg(adv_row + (Ta == 1 ? 0 : t));
     const float phi = vespo ? math::vespo_phi(p, vs, A) : 0.0f;
     const float rho = use_rho ? __ldg(rho_row + (Tr == 1 ? 0 : t)) : 1.0f;

@@ -9,7 +9,8 @@
 // re-reads exactly the workspace entries it wrote, except the banned ones, written after a barrier).
 //   Pass 1  x -> s = penalised logits into the fp32 workspace, per-thread max of s and (when s can
 //           differ from x) the online raw log-sum-exp state; bans set to -inf (then the max is
-//           recomputed); block reductions.
+//           recomputed); block reductions. NaN / +inf are read as -inf and poison the row (NaN
+//           log-probs, sampling_math.h).
 //   Pass 2  S_all = sum 2^t, t = (s - m) * inv_t * log2(e); greedy: the first index with s == m.
 //   Truncation (sampling only): every rule is a threshold on the order-preserving uint32 key of t.
 //           top-k: the k-th largest key, found bit by bit from the MSB (32 block-wide counts of
@@ -170,12 +171,15 @@ __global__ void __launch_bounds__(kMaxThreads) sample_tokens_kernel(const Sample
   const double pen = a.penalty, inv_pen = 1.0 / a.penalty;
 
   // Pass 1: s into the workspace, max of s, raw log-sum-exp state.
+  // NaN / +inf poison the row (sampling_math.h): read as -inf, NaN log-probs.
   math::LseState raw = math::lse_empty();
   float ms = -INFINITY;
+  int bad = 0;
   for (int64_t v = tid; v < V; v += nt) {
-    const float x = E::load(row, v);
+    const float x_in = E::load(row, v);
+    bad |= sm::poisons_row(x_in) ? 1 : 0;
+    const float x = sm::unpoisoned(x_in);
     if (raw_separate) {
-      if (x != x) raw = math::lse_poison();
       if (x > raw.m) math::lse_rebase(raw, x, inv_t);
       math::lse_accumulate(raw, x, inv_t);
     }
@@ -183,6 +187,7 @@ __global__ void __launch_bounds__(kMaxThreads) sample_tokens_kernel(const Sample
     ws[v] = s;
     ms = fmaxf(ms, s);
   }
+  const bool poisoned = __syncthreads_or(bad) != 0;
   if (a.n_ban > 0) {
     __syncthreads();  // every s is written
     for (int64_t i = tid; i < a.n_ban; i += nt) ws[a.ban_ids[i]] = -INFINITY;
@@ -291,9 +296,9 @@ __global__ void __launch_bounds__(kMaxThreads) sample_tokens_kernel(const Sample
     const double lp_proc = static_cast<double>(d_tok) - log(s_kept);
     const double lkept = (cut || !(m > -INFINITY)) ? log(s_kept / s_all) : 0.0;
     a.tokens[r] = tok;
-    a.logp_raw[r] = clamp_nonpositive(static_cast<float>(lp_raw));
-    a.logp_processed[r] = clamp_nonpositive(static_cast<float>(lp_proc));
-    a.log_kept[r] = clamp_nonpositive(static_cast<float>(lkept));
+    a.logp_raw[r] = poisoned ? NAN : clamp_nonpositive(static_cast<float>(lp_raw));
+    a.logp_processed[r] = poisoned ? NAN : clamp_nonpositive(static_cast<float>(lp_proc));
+    a.log_kept[r] = poisoned ? NAN : clamp_nonpositive(static_cast<float>(lkept));
   }
 }
 

@@ -71,4 +71,6 @@ ttrl_fast/reference/sampling.py, whose float64 evaluation is the oracle)::
         iparams   2 ints:   greedy (0/1), top_k (0 = off)
         fparams   4 floats: inv_temperature, top_p (1 = off), min_p (0 = off), repetition_penalty (1 = off)
         tokens    [R] int64;  logp_raw, logp_processed, log_kept  [R] float32
+        a row holding NaN or +inf logits is poisoned: those entries count as -inf for the draw (the
+        token stays in [0, V)) and its three log-probs are NaN
 """

@@ -34,7 +34,8 @@ class Policy(ABC):
 
     @abstractmethod
     def load_trainable_state(self, state: dict[str, Tensor]) -> None:
-        """Restore weights saved by trainable_state()."""
+        """Restore weights saved by trainable_state(); a ValueError, before any weight changes, when the
+        state does not fit the model (missing tensors, other shapes)."""
 
     @abstractmethod
     def critic(self, mode: str = "frozen_init") -> Understander:
@@ -64,6 +65,12 @@ class ModelWeights:
         missing = set(named) - set(state)
         if missing:
             raise ValueError(f"trainable state lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+        # every tensor is checked before any is copied: a state that does not fit changes no weight
+        wrong = [f"{name!r} is {_describe(state[name])}, the parameter {tuple(param.shape)} {param.dtype}"
+                 for name, param in named.items() if not _fits(state[name], param)]
+        if wrong:
+            raise ValueError(f"trainable state has {len(wrong)} tensors of another shape or dtype than the model's, "
+                             f"e.g. {'; '.join(wrong[:3])}")
         with torch.no_grad():
             for name, param in named.items():
                 if hasattr(param, "device_mesh"):  # an FSDP2 shard: keep this rank's part of the full tensor
@@ -72,3 +79,13 @@ class ModelWeights:
                     param.copy_(distribute_tensor(state[name].to(param.dtype), param.device_mesh, param.placements))
                 else:
                     param.copy_(state[name])
+
+
+def _fits(value, param: Tensor) -> bool:
+    """Whether `value` can be copied into `param` as is: a tensor of its (full) shape and dtype kind."""
+    return (isinstance(value, Tensor) and tuple(value.shape) == tuple(param.shape)
+            and value.dtype.is_floating_point == param.dtype.is_floating_point and not value.dtype.is_complex)
+
+
+def _describe(value) -> str:
+    return f"{tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else f"a {type(value).__name__}"

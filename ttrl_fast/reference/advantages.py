@@ -6,7 +6,8 @@
     none:   A = r - mean_g                        (Dr. GRPO)
     rloo:   A = r - mean of the group's others = n / (n - 1) (r - mean_g)
 NaN rewards (unscorable) are excluded from every statistic and get A = 0; so does anything whose
-statistic is undefined (a singleton group's std, a group with no scorable member).
+statistic is undefined (a singleton group's std, a group with no scorable member). ttrl_fast.group_advantages
+passes +-inf rewards as NaN: an overflowing reward is unscorable too.
 """
 from __future__ import annotations
 

@@ -265,7 +265,7 @@ def policy_loss_fwd(logp: Tensor, old_logp: Tensor | None, advantages: Tensor, m
 
     with torch.no_grad():
         lp = x.detach()
-        lr = torch.zeros_like(lp) if on_policy else lp - old
+        lr = lp - lp if on_policy else lp - old  # on-policy: 0, NaN where logp is not finite (as the loss)
         n = mask_d.sum(-1)  # [B]
         s = torch.exp((lr * mask_d).sum(-1) / n.clamp(min=1.0)) if seq_level else torch.ones(b, dtype=f64)
         r = s.unsqueeze(-1).expand(b, t) if seq_level else lr.exp()  # [B, T]

@@ -15,6 +15,11 @@ ttrl_fast/kernels/__init__.py). One decode step of R rows over a vocabulary of V
     log_kept        = log sum_{v in keep} softmax(z)_v  mass the truncation kept (0 when nothing is cut)
     logp_processed  = log_softmax(z)[token] - log_kept  the probability the token was actually drawn with
 
+Poisoned rows: a row holding NaN or +inf logits has no distribution. Such entries are read as -inf
+(probability 0), so the max, the sums, the truncation and the race stay defined and the token is drawn
+from the row's other entries (always in [0, V); 0 when none is left), and all three log-probs of the
+row are NaN (never a plausible number, like selective_log_softmax). Every backend follows this.
+
 Truncation rules (ties are kept or dropped together, so every backend computes the same set):
     top_k:  keep v iff #{u : z_u > z_v} < k                       (k = 0 or k >= V: off)
     top_p:  keep v iff sum_{u kept, z_u > z_v} p_u < top_p * sum_{u kept} p_u   (top_p = 1: off)
@@ -115,6 +120,9 @@ def sample_tokens_fwd(logits: Tensor, row_keys: Tensor, step: int, seen: Tensor 
     if greedy:
         inv_t, top_k, top_p, min_p = 1.0, 0, 1.0, 0.0
     x = logits.to(torch.float64)
+    bad = ~(x < math.inf)  # NaN or +inf: the row is poisoned (module docstring)
+    poisoned = bad.any(-1)
+    x = x.masked_fill(bad, -math.inf)
     s = repetition_penalty(x, seen, penalty)
     if ban_ids is not None and ban_ids.numel():
         s = s.index_fill(-1, ban_ids, -math.inf)
@@ -133,4 +141,6 @@ def sample_tokens_fwd(logits: Tensor, row_keys: Tensor, step: int, seen: Tensor 
     lse_kept = torch.logsumexp(torch.where(keep, z, -math.inf), -1)
     logp_processed = z.gather(-1, pick).squeeze(-1) - lse_kept
     log_kept = lse_kept - lse_all
+    nan = torch.tensor(math.nan, dtype=torch.float64, device=x.device)
+    logp_raw, logp_processed, log_kept = (torch.where(poisoned, nan, t) for t in (logp_raw, logp_processed, log_kept))
     return tokens, logp_raw.float(), logp_processed.float(), log_kept.float()

@@ -70,6 +70,8 @@ def sample_tokens(
         ban_ids: [S] token ids that cannot be drawn (min_tokens); the raw log-prob ignores the ban.
     Returns:
         SampledTokens(tokens [R] int64, logprobs [R], processed_logprobs [R], log_kept_mass [R]) fp32.
+        A row holding NaN or +inf logits gives NaN log-probs (its token, drawn from the other entries,
+        is still in [0, V)), on every backend.
     """
     v.check_tensor("logits", logits, allowed=v.FLOAT_DTYPES, kind="float32, bfloat16 or float16")
     if logits.dim() != 2 or logits.shape[-1] < 1:
@@ -78,16 +80,14 @@ def sample_tokens(
     v.check_integer("row_keys", row_keys)
     if row_keys.shape != (rows,):
         raise ValueError(f"row_keys must be [R] = ({rows},), got shape {tuple(row_keys.shape)}")
-    if rows and (int(row_keys.min()) < 0 or int(row_keys.max()) > MASK32):
-        raise ValueError("row_keys must hold values in [0, 2^32)")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be an int >= 0, got {step!r}")
     temperature = v.check_positive_finite("temperature", temperature, allow_zero=True)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < -1:
         raise ValueError(f"top_k must be an int >= -1 (0 or -1 = off), got {top_k!r}")
-    if not 0 < top_p <= 1:
+    if not 0 < v.check_real("top_p", top_p) <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not 0 <= min_p <= 1:
+    if not 0 <= v.check_real("min_p", min_p) <= 1:
         raise ValueError(f"min_p must be in [0, 1], got {min_p!r}")
     repetition_penalty = v.check_positive_finite("repetition_penalty", repetition_penalty)
     if seen is not None:
@@ -99,11 +99,15 @@ def sample_tokens(
         v.check_integer("ban_ids", ban_ids)
         if ban_ids.dim() != 1:
             raise ValueError(f"ban_ids must be 1-D, got shape {tuple(ban_ids.shape)}")
+    # devices first: the range checks below read values (.item())
+    v.check_same_device(logits=logits, row_keys=row_keys, seen=seen, ban_ids=ban_ids)
+    if rows and (int(row_keys.min()) < 0 or int(row_keys.max()) > MASK32):
+        raise ValueError("row_keys must hold values in [0, 2^32)")
+    if ban_ids is not None:
         if ban_ids.numel() and (int(ban_ids.min()) < 0 or int(ban_ids.max()) >= vocab):
             raise ValueError(f"ban_ids must be in [0, V={vocab}), got values in "
                              f"[{int(ban_ids.min())}, {int(ban_ids.max())}]")
-        ban_ids = ban_ids.to(device=logits.device, dtype=torch.int64).contiguous()
-    v.check_same_device(logits=logits, row_keys=row_keys, seen=seen)
+        ban_ids = ban_ids.to(dtype=torch.int64).contiguous()
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     iparams, fparams = kernel_params(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,

@@ -3,6 +3,7 @@ the HF critic. They must agree exactly for the sampler's log-probs to be the tra
 cumsum(mask) - 1 (HF generate's convention), 0 on padding. Also the prompt-id checks both samplers share."""
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -35,8 +36,14 @@ def check_prompt_ids(prompts, *, vocab_size: int, max_seq_len: int, room: int, r
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, Tensor):
             prompt = prompt.tolist()
+        if isinstance(prompt, (str, bytes)):  # text: not tokenized
+            raise TypeError(f"prompts[{i}] must be a list of int token ids, got {type(prompt).__name__} "
+                            f"(tokenize the text first)")
         if not isinstance(prompt, Sequence) or len(prompt) == 0:
             raise ValueError(f"prompts[{i}] must be a non-empty list of token ids")
+        for t in prompt:  # int() would truncate 1.7 to 1: a silently different prompt
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+                raise TypeError(f"prompts[{i}] must be a list of int token ids, got a {type(t).__name__} ({t!r})")
         ids = [int(t) for t in prompt]
         if min(ids) < 0 or max(ids) >= vocab_size:
             raise ValueError(f"prompts[{i}] has token ids outside [0, {vocab_name}={vocab_size})")

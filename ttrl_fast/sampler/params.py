@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 LOGPROB_MODES = ("raw", "processed", "both")
 
@@ -47,6 +48,14 @@ class SamplingParams:
     logprobs: Literal["raw", "processed", "both"] = "raw"
 
     def __post_init__(self):
+        def real(value) -> bool:  # a number; bools are not (True would pass as 1)
+            return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+        def id_tuple(name, value) -> tuple:
+            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):  # e.g. a bare int
+                raise ValueError(f"SamplingParams.{name} must be a list of non-negative ints, got {value!r}")
+            return tuple(value)
+
         def integer(name, low):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -59,22 +68,22 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.min_tokens ({self.min_tokens}) must be <= max_tokens ({self.max_tokens})")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < -1:
             raise ValueError(f"SamplingParams.top_k must be an int >= -1 (0 or -1 = off), got {self.top_k!r}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+        if not (real(self.temperature) and math.isfinite(self.temperature)
                 and self.temperature >= 0):
             raise ValueError(f"SamplingParams.temperature must be finite and >= 0 (0 = greedy), got {self.temperature!r}")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+        if not (real(self.top_p) and 0 < self.top_p <= 1):
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p!r}")
-        if not (isinstance(self.min_p, (int, float)) and 0 <= self.min_p <= 1):
+        if not (real(self.min_p) and 0 <= self.min_p <= 1):
             raise ValueError(f"SamplingParams.min_p must be in [0, 1], got {self.min_p!r}")
-        if not (isinstance(self.repetition_penalty, (int, float)) and math.isfinite(self.repetition_penalty)
+        if not (real(self.repetition_penalty) and math.isfinite(self.repetition_penalty)
                 and self.repetition_penalty > 0):
             raise ValueError(f"SamplingParams.repetition_penalty must be finite and > 0, got {self.repetition_penalty!r}")
-        stops = tuple(self.stop_token_ids or ())
+        stops = id_tuple("stop_token_ids", self.stop_token_ids or ())
         if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in stops):
             raise ValueError(f"SamplingParams.stop_token_ids must be non-negative ints, got {self.stop_token_ids!r}")
         object.__setattr__(self, "stop_token_ids", stops)
         if self.allowed_token_ids is not None:
-            allowed = tuple(self.allowed_token_ids)
+            allowed = id_tuple("allowed_token_ids", self.allowed_token_ids)
             if not allowed or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in allowed):
                 raise ValueError(f"SamplingParams.allowed_token_ids must be a non-empty list of non-negative ints, "
                                  f"got {self.allowed_token_ids!r}")

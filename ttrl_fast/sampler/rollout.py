@@ -121,6 +121,9 @@ class RolloutSampler:
     def __init__(self, model, *, max_rows: int, max_seq_len: int, pad_token_id: int | None = None,
                  eos_token_ids: int | Sequence[int] | None = None, compact_threshold: float = 0.75,
                  backend: str | None = None, decode_attention: str = "auto"):
+        if not isinstance(model, torch.nn.Module) or getattr(model, "config", None) is None:
+            raise TypeError(f"model must be an HF causal LM (a torch.nn.Module with a .config), got "
+                            f"{type(model).__name__}")
         for name, value in (("max_rows", max_rows), ("max_seq_len", max_seq_len)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -166,9 +169,10 @@ class RolloutSampler:
         prompts = self._check_prompts(prompts, params)
         extras = check_prefill_inputs(prefill_inputs, len(prompts))
         group = params.n
-        if params.allowed_token_ids is not None and max(params.allowed_token_ids) >= self.vocab_size:
-            raise ValueError(f"SamplingParams.allowed_token_ids must be < vocab_size={self.vocab_size}, "
-                             f"got {max(params.allowed_token_ids)}")
+        for name in ("allowed_token_ids", "stop_token_ids"):  # an id from another tokenizer is never drawn
+            ids = getattr(params, name)
+            if ids and max(ids) >= self.vocab_size:
+                raise ValueError(f"SamplingParams.{name} must be < vocab_size={self.vocab_size}, got {max(ids)}")
         if group > self.max_rows:
             raise ValueError(f"SamplingParams.n={group} exceeds max_rows={self.max_rows}: a group never splits")
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2 ** 62, ()).item())

@@ -273,36 +273,111 @@ class TestTimeAdapter:
         if not state_path.exists():
             dp.barrier()  # no rank may start wiping files while another is still checking
             return self._fresh()
-        steps_done = json.loads(state_path.read_text())["steps_done"]
-        from safetensors.torch import load_file
-
+        # Read and check every file first: a corrupt run dir raises a ValueError naming the file before
+        # any weight, optimizer state or counter is touched.
+        state = _read_json(state_path, self.run_dir)
+        steps_done = state.get("steps_done") if isinstance(state, dict) else None
+        if isinstance(steps_done, bool) or not isinstance(steps_done, int) or steps_done < 0:
+            raise ValueError(f"{state_path} (run_dir {self.run_dir}) is corrupt: it needs \"steps_done\", a count "
+                             f">= 0, got {state!r}")
         checkpoint = self.run_dir / "checkpoint"
         if not checkpoint.exists() and (self.run_dir / "checkpoint.old").exists():
             (self.run_dir / "checkpoint.old").rename(checkpoint)  # crashed between the two renames
-        self.trainer.policy.load_trainable_state(load_file(str(checkpoint / "adapter.safetensors")))
-        saved = torch.load(checkpoint / "trainer.pt", weights_only=False)
-        self.trainer.optimizer.load_state_dict(saved["optimizer"])
-        self.trainer.step_count, self.trainer.update_count = saved["step_count"], saved["update_count"]
-        self.trainer.lr_scale = saved["lr_scale"]
-        if self.guard is not None and saved["guard"] is not None:
-            self.guard.load_state_dict(saved["guard"])
-        torch.set_rng_state(saved["torch_rng"])
+        weights = _read_weights(checkpoint / "adapter.safetensors", self.run_dir)
+        saved = _read_trainer_state(checkpoint / "trainer.pt", self.run_dir)
         # keep only what the checkpoint covers: lines written after it are redone, never duplicated
-        history = [json.loads(l) for l in (self.run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        history = _read_jsonl(self.run_dir / "metrics.jsonl", self.run_dir, ("step", "episode", "prompt_ids"))
         history = [r for r in history if r["step"] < steps_done]
         done_steps = {r["step"] for r in history}
         served = []
         served_path = self.run_dir / "served.jsonl"
         if served_path.exists():
-            served = [json.loads(l) for l in served_path.read_text().splitlines() if l.strip()]
+            served = _read_jsonl(served_path, self.run_dir, ("id",))
         step_of = {pid: r["step"] for r in history for pid in r["prompt_ids"] if r["episode"] == 0}
         served = [s for s in served if s["id"] in step_of and step_of[s["id"]] in done_steps]
         unknown = {s["id"] for s in served} - set(ids)
         if unknown:
             raise ValueError(f"run_dir {self.run_dir} was made with other prompts (e.g. {sorted(unknown)[:3]})")
+        # Then restore. load_trainable_state checks every tensor before copying any; the optimizer's
+        # load_state_dict checks its groups before changing anything, and if it refuses, the weights
+        # loaded just before are put back.
+        try:
+            self.trainer.policy.load_trainable_state(weights)
+        except ValueError as exc:
+            raise ValueError(f"{checkpoint / 'adapter.safetensors'} (run_dir {self.run_dir}) does not fit the "
+                             f"model: {exc}") from exc
+        try:
+            self.trainer.optimizer.load_state_dict(saved["optimizer"])
+        except Exception as exc:  # noqa: BLE001 - whatever torch raises on a state of another optimizer
+            self.trainer.policy.load_trainable_state(self._initial[0])
+            raise ValueError(f"{checkpoint / 'trainer.pt'} (run_dir {self.run_dir}): the optimizer state does not "
+                             f"fit this optimizer ({type(exc).__name__}: {exc})") from exc
+        self.trainer.step_count, self.trainer.update_count = saved["step_count"], saved["update_count"]
+        self.trainer.lr_scale = saved["lr_scale"]
+        if self.guard is not None and saved.get("guard") is not None:
+            self.guard.load_state_dict(saved["guard"])
+        torch.set_rng_state(saved["torch_rng"])
         dp.barrier()  # every rank has read the files before rank 0 trims them
         if self._writer():
             (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
             served_path.write_text("".join(json.dumps(s) + "\n" for s in served))
         report.history, report.served, report.steps = history, served, steps_done
         return steps_done
+
+
+# ---------------------------------------------------------------------------------------------- run dir files
+# Readers for _resume: a missing file keeps its FileNotFoundError; a corrupt one gives a ValueError that
+# names the file and says what is wrong (never a raw SafetensorError / UnpicklingError / KeyError).
+
+def _corrupt(path: Path, run_dir: Path, what: str) -> ValueError:
+    return ValueError(f"{path} (run_dir {run_dir}) is corrupt: {what}")
+
+
+def _read_json(path: Path, run_dir: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _corrupt(path, run_dir, f"not JSON ({exc})") from exc
+
+
+def _read_jsonl(path: Path, run_dir: Path, keys: tuple[str, ...]) -> list[dict]:
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _corrupt(path, run_dir, f"line {number} is not JSON ({exc.msg})") from exc
+        if not isinstance(record, dict) or any(k not in record for k in keys):
+            raise _corrupt(path, run_dir, f"line {number} is not an object with {list(keys)}")
+        records.append(record)
+    return records
+
+
+def _read_weights(path: Path, run_dir: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:  # truncated, empty, garbage
+        raise _corrupt(path, run_dir, f"not a safetensors file ({exc})") from exc
+
+
+_TRAINER_KEYS = ("optimizer", "step_count", "update_count", "lr_scale", "torch_rng")
+
+
+def _read_trainer_state(path: Path, run_dir: Path) -> dict:
+    try:
+        saved = torch.load(path, weights_only=False)
+    except OSError:  # missing, unreadable: as it is
+        raise
+    except Exception as exc:  # noqa: BLE001 - unpickling garbage raises anything (UnpicklingError, EOFError, ...)
+        raise _corrupt(path, run_dir, f"not a trainer checkpoint ({type(exc).__name__}: {exc})") from exc
+    missing = [k for k in _TRAINER_KEYS if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise _corrupt(path, run_dir, f"it lacks {missing}")
+    if not isinstance(saved["torch_rng"], torch.Tensor) or saved["torch_rng"].dtype != torch.uint8:
+        raise _corrupt(path, run_dir, "torch_rng is not a torch RNG state")
+    return saved

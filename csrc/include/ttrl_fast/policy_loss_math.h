@@ -58,6 +58,13 @@ struct PolicyTerm {
   float d_logp;
 };
 
+// On-policy (old_logp is None) ratio exp(logp - sg(logp)) and log-ratio: 1 and 0, or NaN where logp is
+// not finite, as the spec's exp(logp - logp.detach()) has it. A NaN (or +-inf) log-prob thus poisons
+// the loss and its gradient on every backend instead of being silently dropped (ratio 1). Selects,
+// not logp - logp, so that no compiler flag can fold them to constants.
+TTRL_HD float on_policy_ratio(float logp) { return fabsf(logp) < INFINITY ? 1.0f : NAN; }
+TTRL_HD float on_policy_log_ratio(float logp) { return fabsf(logp) < INFINITY ? 0.0f : NAN; }
+
 TTRL_HD float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // phi_i for VESPO from log w = clamp(sum_t m clamp(logp - old, -20, 20) [+ sum_t clamp(log rho)], log 1e-8, 20).
@@ -90,7 +97,7 @@ TTRL_HD PolicyTerm policy_term(const PolicyLossParams& p, float r, float adv, fl
     // min's gradient: the smaller branch; a tie splits it evenly (torch.min semantics).
     out.d_ratio = a < b ? -adv * dc1 : (a > b ? -adv * dc2 : -0.5f * adv * (dc1 + dc2));
   } else if (p.loss_type == kCispo) {
-    const float w = r < p.eps_high ? r : p.eps_high;  // detached
+    const float w = r > p.eps_high ? p.eps_high : r;  // detached; a NaN ratio stays NaN (torch.clamp)
     out.loss = -w * adv * logp;
     out.d_logp = -w * adv;
   } else if (p.loss_type == kSapo) {

@@ -133,6 +133,13 @@ TTRL_SAMPLING_HD bool race_candidate(float u, float e, float best) {
 // ------------------------------------------------------------------------------------------------
 // Per-logit transforms.
 
+// Poisoned rows (the contract of every backend; spec: ttrl_fast/reference/sampling.py): a row holding
+// NaN or +inf logits has no distribution. Such an entry is read as -inf (probability 0), so the max,
+// the sums, the truncation and the race stay defined and the token is drawn from the row's other
+// entries (in [0, V) always); all three log-probs of the row are then NaN.
+TTRL_SAMPLING_HD bool poisons_row(float x) { return !(x < INFINITY); }  // NaN or +inf
+TTRL_SAMPLING_HD float unpoisoned(float x) { return x < INFINITY ? x : -INFINITY; }
+
 // HF repetition penalty on a seen token: x / p if x > 0 else x * p. Evaluated in double and rounded
 // once (x * (1/p) in double differs from x / p by ~1e-16 relative), so s is the fp32 rounding of
 // the reference's float64 value.

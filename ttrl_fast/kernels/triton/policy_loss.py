@@ -70,7 +70,7 @@ def _policy_term(r, adv, logp, phi, eps_low, eps_high, delta, tau_pos, tau_neg,
         d_ratio = tl.where(a < b, -adv * dc1, tl.where(a > b, -adv * dc2, -0.5 * adv * (dc1 + dc2)))
         d_logp = zero
     elif LOSS_TYPE == 1:  # CISPO
-        w = tl.where(r < eps_high, r, eps_high)  # detached
+        w = tl.where(r > eps_high, eps_high, r)  # detached; a NaN ratio stays NaN (torch.clamp)
         loss = -w * adv * logp
         d_ratio = zero
         d_logp = -w * adv
@@ -182,6 +182,9 @@ def _policy_loss_fwd_kernel(
                     lr += tl.sum(m * d, axis=0)
                 if LOSS_TYPE == 3:
                     vs += tl.sum(m * tl.minimum(tl.maximum(d, -20.0), 20.0), axis=0)
+        elif SEQUENCE_LEVEL:  # on-policy log-ratio: 0, NaN where logp is not finite (policy_loss_math.h)
+            lp = tl.load(logp_ptr + row + offs, mask=valid, other=0.0)
+            lr += tl.sum(m * tl.where(tl.abs(lp) < float("inf"), 0.0, float("nan")), axis=0)
     if LOSS_TYPE == 3:
         if HAS_RHO:
             for start in range(0, Tr, BLOCK_T):
@@ -223,8 +226,8 @@ def _policy_loss_fwd_kernel(
             if HAS_OLD:
                 old = tl.load(old_ptr + row + offs, mask=valid, other=0.0)
                 r = tl.exp(lp - old)
-            else:
-                r = tl.zeros_like(lp) + 1.0
+            else:  # on-policy ratio: 1, NaN where logp is not finite (on_policy_ratio, policy_loss_math.h)
+                r = tl.where(tl.abs(lp) < float("inf"), 1.0, float("nan"))
         adv = tl.load(adv_ptr + i * Ta + offs * adv_st, mask=valid, other=0.0)
         if LOSS_TYPE == 3:
             phi = _vespo_phi(vs, adv, k_pos, lam_pos, k_neg, lam_neg)
